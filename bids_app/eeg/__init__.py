@@ -1,0 +1,1 @@
+"""eeg subpackage."""
