@@ -1,0 +1,102 @@
+"""Group level: models (VAE-1, VAE-2) -> masking -> group report.
+
+The group level reads participant derivatives only (never the raw dataset's EEG/BOLD),
+so it needs a finished participant level in ``output_dir``. Each stage is imported
+lazily; a failed stage is logged with a crash file and the stages that do not depend on
+it still run (the report is written even when models or masking failed).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from bids_app.errors import InputError
+from bids_app.workflows.participant import LevelResult, call_stage, load_stage
+
+logger = logging.getLogger(__name__)
+
+STAGES: dict[str, tuple[str, str]] = {
+    "models": ("bids_app.workflows.models", "run_models_workflow"),
+    "masking": ("bids_app.workflows.masking", "run_masking_workflow"),
+    "group_report": ("bids_app.report.group", "write_group_report"),
+}
+
+
+def check_group_inputs(config: Any) -> list[str]:
+    """Subjects with participant outputs; raise InputError when there are none.
+
+    Also checks that stimulus videos in ``--stimuli-dir`` decode.
+    """
+    from bids_app.io.validate import check_stimulus_video
+
+    output_dir = Path(config.execution.output_dir)
+    subjects = sorted(p.name[4:] for p in output_dir.glob("sub-*") if p.is_dir())
+    wanted = config.execution.participant_label
+    if wanted:
+        missing = [s for s in wanted if s not in subjects]
+        if missing:
+            raise InputError(
+                f"Output directory {output_dir} has no participant outputs for "
+                f"{', '.join('sub-' + s for s in missing)}; run the participant level first."
+            )
+        subjects = list(wanted)
+    if not subjects:
+        raise InputError(f"Output directory {output_dir} has no participant outputs "
+                         "(sub-* folders); run the participant level first.")
+    stimuli_dir = config.execution.stimuli_dir
+    if stimuli_dir is not None:
+        for video in sorted(Path(stimuli_dir).glob("*")):
+            if video.suffix.lower() in (".avi", ".mp4", ".mkv", ".mov", ".webm"):
+                check_stimulus_video(video)
+    return subjects
+
+
+def run_group_level(config: Any, *, stages: dict[str, Any] = STAGES
+                    ) -> LevelResult:
+    """Train the models, run the masking analysis and write the group report.
+
+    Parameters
+    ----------
+    config : Config
+        Resolved configuration; ``execution.output_dir`` holds participant outputs.
+    stages : dict
+        Stage name -> (module, function) or a callable; None disables a stage.
+
+    Returns
+    -------
+    LevelResult
+        Failures, report path and which stages ran.
+    """
+    from bids_app.io.derivatives import DerivativesWriter
+
+    subjects = check_group_inputs(config)
+    output_dir = Path(config.execution.output_dir)
+    writer = DerivativesWriter(output_dir, config)
+    result = LevelResult()
+    logger.info("Group level on %d subject(s): %s", len(subjects), ", ".join(subjects))
+    models = masking = None
+    func = load_stage("models", stages, result.stages_unavailable)
+    if func is not None:
+        models = call_stage("models", func, (output_dir, config, writer), label="group",
+                            output_dir=output_dir, failures=result.failures)
+    if models is not None:
+        result.stages_run.add("models")
+        func = load_stage("masking", stages, result.stages_unavailable)
+        if func is not None:
+            masking = call_stage("masking", func, (models, config, writer), label="group",
+                                 output_dir=output_dir, failures=result.failures)
+            if masking is not None:
+                result.stages_run.add("masking")
+    func = load_stage("group_report", stages, result.stages_unavailable)
+    if func is not None:
+        path = call_stage("group_report", func, (models, masking, config, writer),
+                          label="group", output_dir=output_dir, failures=result.failures)
+        if path is not None:
+            result.reports.append(Path(path))
+            result.stages_run.add("group_report")
+    logger.info("Group level done: stages run: %s; unavailable: %s; %d failure(s).",
+                ", ".join(sorted(result.stages_run)) or "none",
+                ", ".join(sorted(result.stages_unavailable)) or "none", len(result.failures))
+    return result

@@ -1,0 +1,400 @@
+"""Participant level: per subject, per run, EEG -> fMRI -> coupling, then the report.
+
+The order of stages is the data-flow diagram of the design: the EEG workflow and the
+fMRI workflow of a run are independent, coupling needs both, and the subject's HTML
+report gathers every run. A failure in one stage of one run is logged, its traceback
+saved to ``logs/crash-sub-<sub>-<run>-<stage>.txt``, recorded in the run's
+:class:`RunOutcome`, and every other run and subject goes on (exit code 1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import logging
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bids_app.errors import EegfmriError, InputError
+from bids_app.io.bids import BidsInput, RunFiles, load_filter_file
+
+logger = logging.getLogger(__name__)
+
+#: stage name -> (module, function) imported lazily so a missing stage never blocks others.
+STAGES: dict[str, tuple[str, str]] = {
+    "eeg": ("bids_app.workflows.eeg", "run_eeg_workflow"),
+    "fmri": ("bids_app.workflows.fmri", "run_fmri_workflow"),
+    "coupling": ("bids_app.workflows.coupling", "run_coupling_workflow"),
+    "report": ("bids_app.report.participant", "write_participant_report"),
+}
+
+
+@dataclass
+class Failure:
+    """One failed stage: where, why, and the file holding the traceback."""
+
+    stage: str
+    message: str
+    crash_file: Path | None = None
+
+
+@dataclass
+class RunOutcome:
+    """What happened to one run: results of each stage (None when not run) and failures."""
+
+    run: RunFiles
+    eeg: Any = None
+    fmri: Any = None
+    coupling: Any = None
+    failures: list[Failure] = field(default_factory=list)
+    stages_run: list[str] = field(default_factory=list)
+
+    @property
+    def entities(self) -> dict[str, str]:
+        """BIDS entities of the run (sub, ses, task, run)."""
+        return self.run.entities
+
+    @property
+    def ok(self) -> bool:
+        """True when no stage failed."""
+        return not self.failures
+
+
+@dataclass
+class LevelResult:
+    """Summary of one analysis level, used by the CLI and the demo."""
+
+    outcomes: dict[str, list[RunOutcome]] = field(default_factory=dict)
+    reports: list[Path] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+    stages_run: set[str] = field(default_factory=set)
+    stages_unavailable: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        """0 when everything that ran succeeded, 1 when something failed."""
+        return 1 if self.failures else 0
+
+
+def load_stage(name: str, stages: dict[str, Any],
+               unavailable: dict[str, str]) -> Callable[..., Any] | None:
+    """Import a stage function lazily; record why it is unavailable instead of failing.
+
+    ``stages[name]`` is ``(module, function)`` or a callable (used as is).
+    """
+    if name in unavailable or stages.get(name) is None:
+        unavailable.setdefault(name, "disabled")
+        return None
+    if callable(stages[name]):
+        return stages[name]
+    module_name, func_name = stages[name]
+    try:
+        return getattr(importlib.import_module(module_name), func_name)
+    except Exception as err:  # a missing or broken stage must not stop the others
+        reason = f"{type(err).__name__}: {err}"
+        unavailable[name] = reason
+        logger.warning("Stage '%s' (%s.%s) is unavailable, so it is not run: %s", name,
+                       module_name, func_name, reason)
+        return None
+
+
+def crash_file(output_dir: Path, name: str) -> Path:
+    """Write the current exception's traceback to ``output_dir/logs/crash-<name>.txt``."""
+    path = Path(output_dir) / "logs" / f"crash-{name}.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(traceback.format_exc())
+    return path
+
+
+def call_stage(stage: str, func: Callable[..., Any], args: tuple, *, label: str,
+               output_dir: Path, failures: list[Failure]) -> Any:
+    """Run one stage; on error log it, save a crash file, append a Failure, return None."""
+    try:
+        return func(*args)
+    except Exception as err:
+        path = crash_file(output_dir, f"{label}-{stage}")
+        text = str(err) if isinstance(err, EegfmriError) else f"{type(err).__name__}: {err}"
+        message = (text.splitlines() or [type(err).__name__])[0]
+        logger.error("Stage '%s' failed on %s (%s); traceback in %s", stage, label,
+                     message, path)
+        failures.append(Failure(stage, message, path))
+        return None
+
+
+def _replaced(obj: Any, **values: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.replace(obj, **values)
+    for key, value in values.items():
+        setattr(obj, key, value)
+    return obj
+
+
+def release_memory(outcome: RunOutcome, writer: Any) -> None:
+    """Swap a finished run's large arrays for file-backed views of its written outputs.
+
+    The report needs every run of a subject at the end; keeping each run's cleaned EEG
+    and MNI BOLD in memory would grow with the number of runs (gigabytes for a NATVIEW
+    subject). After coupling, ``eeg.raw_clean`` becomes the written ``desc-preproc``
+    BrainVision file opened without preloading and ``fmri.bold_mni`` the written NIfTI
+    (a proxy), when those files exist and match in size; otherwise nothing changes.
+    """
+    import nibabel as nib
+
+    prefix = outcome.run.run_id
+    folder = writer.output_dir / f"sub-{outcome.entities['sub']}"
+    if "ses" in outcome.entities:
+        folder = folder / f"ses-{outcome.entities['ses']}"
+    raw = getattr(outcome.eeg, "raw_clean", None)
+    vhdr = folder / "eeg" / f"{prefix}_desc-preproc_eeg.vhdr"
+    if raw is not None and getattr(raw, "preload", False) and vhdr.exists():
+        import mne
+
+        try:
+            lazy = mne.io.read_raw_brainvision(vhdr, preload=False, verbose="error")
+        except Exception:  # keep the in-memory data if the file cannot be opened
+            lazy = None
+        if lazy is not None and lazy.n_times == raw.n_times and lazy.ch_names == raw.ch_names:
+            outcome.eeg = _replaced(outcome.eeg, raw_clean=lazy)
+    bold = getattr(outcome.fmri, "bold_mni", None)
+    if bold is not None and not nib.is_proxy(bold.dataobj):
+        for path in sorted((folder / "func").glob(f"{prefix}_space-*_desc-preproc_bold.nii*")):
+            disk = nib.load(path)
+            if disk.shape == bold.shape and np.allclose(disk.affine, bold.affine):
+                outcome.fmri = _replaced(outcome.fmri, bold_mni=disk)
+                break
+
+
+def collect_runs(layout: BidsInput, config: Any) -> tuple[dict[str, list[RunFiles]],
+                                                          list[tuple[RunFiles, str]]]:
+    """Select the runs of every requested subject and check their files up front.
+
+    Returns
+    -------
+    runs : dict
+        Subject -> runs whose files passed :func:`bids_app.io.validate.check_run`.
+    rejected : list of (RunFiles, str)
+        Runs with a broken input file and the sentence saying why.
+
+    Raises
+    ------
+    InputError
+        When nothing is left to process (no EEG, no BOLD, or every run broken).
+    """
+    from bids_app.io.validate import check_run
+
+    execution = config.execution
+    subjects = (layout.check_subjects(execution.participant_label)
+                if execution.participant_label else layout.subjects())
+    if not subjects:
+        raise InputError(f"BIDS dataset {layout.root} has no sub-* folders.")
+    filters = load_filter_file(execution.bids_filter_file) if execution.bids_filter_file \
+        else None
+    selected = {s: layout.runs(s, execution.session_label, execution.task_label, filters)
+                for s in subjects}
+    every = [r for runs in selected.values() for r in runs]
+    where = f"BIDS dataset {layout.root}"
+    if not every:
+        raise InputError(f"{where} has no EEG or BOLD recordings matching the selection "
+                         f"(subjects {', '.join(subjects)}).")
+    if not any(r.eeg for r in every):
+        raise InputError(f"{where} has no EEG recordings (eeg/*_eeg.set|vhdr|edf) in the "
+                         "selection; eegfmri needs EEG recorded with fMRI.")
+    if not any(r.bold for r in every):
+        raise InputError(f"{where} has no BOLD runs (func/*_bold.nii.gz) in the selection; "
+                         "eegfmri needs fMRI recorded with the EEG.")
+    runs: dict[str, list[RunFiles]] = {}
+    rejected: list[tuple[RunFiles, str]] = []
+    for subject, subject_runs in selected.items():
+        runs[subject] = []
+        for run in subject_runs:
+            problems = check_run(run, config)
+            if problems:
+                for problem in problems:
+                    logger.error("Input check failed for %s: %s", run.run_id, problem)
+                rejected.append((run, problems[0]))
+            else:
+                runs[subject].append(run)
+    if not any(runs.values()):
+        more = f" ({len(rejected) - 1} more problems in the log)" if len(rejected) > 1 else ""
+        raise InputError(rejected[0][1].rstrip(".") + more + ".")
+    return runs, rejected
+
+
+def run_subject(subject: str, runs: list[RunFiles], config: Any, writer: Any,
+                result: LevelResult, *, stages: dict[str, Any] = STAGES,
+                rejected: list[RunOutcome] | None = None) -> list[RunOutcome]:
+    """Run every stage on every run of one subject (failures isolated per run/stage).
+
+    ``rejected`` are outcomes of runs whose inputs failed the up-front checks; they are
+    passed to the report so it lists them.
+    """
+    from bids_app.utils import progress
+
+    output_dir = Path(config.execution.output_dir)
+    work_dir = Path(config.execution.work_dir or output_dir / "work") / f"sub-{subject}"
+    outcomes = list(rejected or [])
+    for run in progress(runs, desc=f"sub-{subject}", unit="run"):
+        outcome = RunOutcome(run=run)
+        label = run.run_id
+        logger.info("Processing %s", label)
+        if config.execution.reports_only:
+            outcomes.append(outcome)
+            continue
+        plan = []
+        if run.eeg is not None:
+            plan.append(("eeg", (run, config, writer)))
+        if run.bold is not None:
+            plan.append(("fmri", (run, config, writer, work_dir)))
+        for stage, args in plan:
+            func = load_stage(stage, stages, result.stages_unavailable)
+            if func is None:
+                continue
+            value = call_stage(stage, func, args, label=label, output_dir=output_dir,
+                               failures=outcome.failures)
+            setattr(outcome, stage, value)
+            if value is not None:
+                outcome.stages_run.append(stage)
+        if outcome.eeg is not None and outcome.fmri is not None:
+            func = load_stage("coupling", stages, result.stages_unavailable)
+            if func is not None:
+                outcome.coupling = call_stage(
+                    "coupling", func, (run, outcome.eeg, outcome.fmri, config, writer),
+                    label=label, output_dir=output_dir, failures=outcome.failures)
+                if outcome.coupling is not None:
+                    outcome.stages_run.append("coupling")
+        release_memory(outcome, writer)
+        result.stages_run.update(outcome.stages_run)
+        result.failures.extend(outcome.failures)
+        outcomes.append(outcome)
+    report = load_stage("report", stages, result.stages_unavailable)
+    if report is not None:
+        path = call_stage("report", report, (subject, outcomes, config, writer),
+                          label=f"sub-{subject}", output_dir=output_dir,
+                          failures=result.failures)
+        if path is not None:
+            result.reports.append(Path(path))
+            result.stages_run.add("report")
+    return outcomes
+
+
+def run_participant_level(config: Any, *, stages: dict[str, Any] = STAGES
+                          ) -> LevelResult:
+    """Validate the input, check every run's files, then process each subject.
+
+    Parameters
+    ----------
+    config : Config
+        Resolved configuration (``execution.bids_dir``/``output_dir`` set).
+    stages : dict
+        Stage name -> (module, function) or a callable; None disables a stage.
+
+    Returns
+    -------
+    LevelResult
+        Outcomes per subject, reports, failures and which stages ran.
+
+    Raises
+    ------
+    InputError
+        Invalid dataset or no processable run (exit code 2).
+    """
+    from bids_app.io.derivatives import DerivativesWriter
+    from bids_app.io.validate import validate_bids_dir
+    from bids_app.utils import progress
+
+    execution = config.execution
+    layout = BidsInput(execution.bids_dir)
+    if execution.skip_bids_validation:
+        logger.info("BIDS validation skipped (--skip-bids-validation).")
+    else:
+        validate_bids_dir(layout.root)
+    runs, rejected = collect_runs(layout, config)
+    writer = DerivativesWriter(execution.output_dir, config, bids_dir=layout.root)
+    result = LevelResult()
+    broken = {subject: [RunOutcome(run=run, failures=[Failure("input", problem)])
+                        for run, problem in rejected if run.entities["sub"] == subject]
+              for subject in runs}
+    for outcomes in broken.values():
+        for outcome in outcomes:
+            result.failures.extend(outcome.failures)
+    import multiprocessing
+
+    n_workers = min(int(execution.nprocs), len(runs))
+    if n_workers > 1 and "fork" in multiprocessing.get_all_start_methods():
+        _run_in_parallel(runs, broken, config, result, stages, n_workers)
+    else:
+        for subject in progress(list(runs), desc="subjects", unit="subject"):
+            result.outcomes[subject] = run_subject(subject, runs[subject], config, writer,
+                                                   result, stages=stages,
+                                                   rejected=broken[subject])
+    n_runs = sum(len(v) for v in runs.values())
+    logger.info("Participant level done: %d run(s) of %d subject(s), %d failure(s); "
+                "stages run: %s; unavailable: %s.", n_runs, len(runs), len(result.failures),
+                ", ".join(sorted(result.stages_run)) or "none",
+                ", ".join(sorted(result.stages_unavailable)) or "none")
+    return result
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _subject_job(subject: str, runs: list[RunFiles], rejected: list[RunOutcome]
+                 ) -> tuple[list[RunOutcome], LevelResult]:
+    """One subject in a worker process; stage results are dropped (the report is written)."""
+    from bids_app.io.derivatives import DerivativesWriter
+
+    config, stages = _WORKER["config"], _WORKER["stages"]
+    writer = DerivativesWriter(config.execution.output_dir, config)
+    partial = LevelResult()
+    outcomes = run_subject(subject, runs, config, writer, partial, stages=stages,
+                           rejected=rejected)
+    for outcome in outcomes:
+        outcome.eeg = outcome.fmri = outcome.coupling = None  # large; stay in the worker
+    return outcomes, partial
+
+
+def _run_in_parallel(runs: dict[str, list[RunFiles]], broken: dict[str, list[RunOutcome]],
+                     config: Any, result: LevelResult, stages: dict[str, Any],
+                     n_workers: int) -> None:
+    """Process subjects in ``n_workers`` forked processes (``--nprocs``).
+
+    An exception in a stage is isolated inside the worker as in the sequential path. A
+    worker process that dies (e.g. killed for memory) breaks the pool: its subject and
+    the subjects not finished yet are reported as failed (exit code 1); rerun them with
+    ``--participant-label``. Without ``fork`` (Windows) subjects run one after another.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from bids_app.utils import progress
+
+    _WORKER.update(config=config, stages=stages)  # inherited by the forked workers
+    output_dir = Path(config.execution.output_dir)
+    logger.info("Processing %d subjects with %d processes.", len(runs), n_workers)
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(max_workers=n_workers, mp_context=context) as pool:
+        futures = {pool.submit(_subject_job, subject, runs[subject], broken[subject]): subject
+                   for subject in runs}
+        for future in progress(as_completed(futures), total=len(futures), desc="subjects",
+                               unit="subject"):
+            subject = futures[future]
+            try:
+                outcomes, partial = future.result()
+            except Exception as err:
+                path = crash_file(output_dir, f"sub-{subject}-worker")
+                logger.error("The process of sub-%s stopped (%s); traceback in %s", subject,
+                             type(err).__name__, path)
+                result.failures.append(Failure("subject", f"{type(err).__name__}: {err}",
+                                               path))
+                continue
+            result.outcomes[subject] = outcomes
+            result.failures.extend(partial.failures)
+            result.reports.extend(partial.reports)
+            result.stages_run.update(partial.stages_run)
+            result.stages_unavailable.update(partial.stages_unavailable)
+    _WORKER.clear()
