@@ -57,7 +57,9 @@ TOTAL_READOUT_TIME = 0.0296
 LAST_SLICE_TIME = 2.0525
 
 
-def slice_timing(n_slices: int = N_SLICES, last_slice_time: float = LAST_SLICE_TIME) -> list[float]:
+def slice_timing(
+    n_slices: int = N_SLICES, last_slice_time: float = LAST_SLICE_TIME
+) -> list[float]:
     """Siemens interleaved SliceTiming (seconds) for an even slice count.
 
     With an even number of slices Siemens acquires the even slices first (1-based numbers

@@ -149,9 +149,9 @@ SCALES: dict[str, Scale] = {
         "demo",
         subjects=("01", "02"),
         runs=(
-            RunSpec("checker", 40),
-            RunSpec("tp", 40, run="01"),
-            RunSpec("tp", 40, run="02"),
+            RunSpec("checker", 30),
+            RunSpec("tp", 30, run="01"),
+            RunSpec("tp", 30, run="02"),
         ),
     ),
     "natview": Scale(
