@@ -1,0 +1,252 @@
+"""Coupling stage of one run: EEG source maps on the fMRI grid and EEG <-> BOLD statistics.
+
+Reads like the data flow: clean EEG + volume onsets -> band power of channels and sources
+per volume window (source maps) -> HRF-convolved regressors at the acquisition times ->
+GLM z maps, local source<->voxel correlations, source<->channel tables -> files + figures.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from bids_app import coupling as cp
+from bids_app.eeg import forward, source
+from bids_app.errors import StageError
+from bids_app.report import figures
+
+logger = logging.getLogger(__name__)
+
+SPACE = "MNI152NLin2009cAsym"
+
+TABLE_COLUMNS = {
+    "band": {"LongName": "Frequency band", "Description": "Band of the power envelopes."},
+    "source": {"LongName": "Source peak", "Description": "Local maximum of mean band source "
+               "power (band name + rank)."},
+    "x": {"LongName": "MNI x", "Description": "Source position.", "Units": "mm"},
+    "y": {"LongName": "MNI y", "Description": "Source position.", "Units": "mm"},
+    "z": {"LongName": "MNI z", "Description": "Source position.", "Units": "mm"},
+    "channel": {"LongName": "EEG channel", "Description": "Channel name."},
+    "r": {"LongName": "Pearson correlation", "Description": "Correlation across fMRI volume "
+          "windows of the source's band power with the channel's band power.", "Units": "n/a"},
+}
+
+
+@dataclass
+class CouplingResult:
+    """Outputs of the coupling stage of one run.
+
+    Attributes
+    ----------
+    source_maps : source.SourceMaps
+        Band power of channels and sources per volume window.
+    bands : dict
+        Band -> :class:`bids_app.coupling.BandCoupling` (voxel arrays in mask order).
+    zmaps, local_r : dict
+        Band -> 3D image of the GLM z map / local source<->voxel correlation.
+    table : DataFrame
+        Source<->channel correlations of every band.
+    fdr_threshold : dict
+        Band -> smallest |z| significant at ``config.coupling.fdr_q`` (inf when none).
+    files : dict
+        Output kind -> path.
+    figures : dict
+        Figure name -> path (under ``sub-XX/figures``).
+    """
+
+    source_maps: source.SourceMaps
+    bands: dict[str, cp.BandCoupling]
+    zmaps: dict[str, nib.Nifti1Image]
+    local_r: dict[str, nib.Nifti1Image]
+    table: pd.DataFrame
+    fdr_threshold: dict[str, float]
+    files: dict[str, Path] = field(default_factory=dict)
+    figures: dict[str, Path] = field(default_factory=dict)
+
+
+def _bold_matrix(bold: nib.Nifti1Image, ijk: np.ndarray, n: int) -> np.ndarray:
+    """(n_frames, n_vox) in-mask BOLD of the first ``n`` volumes."""
+    data = np.asanyarray(bold.dataobj)
+    return np.asarray(data[ijk[:, 0], ijk[:, 1], ijk[:, 2], :n], float).T
+
+
+def _check_grid(bold: nib.Nifti1Image, mask: nib.Nifti1Image) -> None:
+    if bold.shape[:3] != mask.shape[:3] or not np.allclose(bold.affine, mask.affine, atol=1e-3):
+        raise StageError("The MNI BOLD and its brain mask are not on the same grid.")
+
+
+def run_coupling_workflow(run: Any, eeg: Any, fmri: Any, config: Any, writer: Any
+                          ) -> CouplingResult:
+    """Source maps and EEG <-> BOLD coupling of one run, written as BIDS derivatives.
+
+    Parameters
+    ----------
+    run : RunFiles
+        The run (entities, input paths for ``Sources``).
+    eeg : EEGResult
+        Clean EEG (``raw_clean``) and ``volume_onsets_s`` in its time.
+    fmri : FMRIResult
+        ``bold_mni``, ``mask_mni``, ``confounds``, ``tr``, ``slice_time_ref_s``.
+    config : Config
+        Uses ``config.source`` and ``config.coupling``.
+    writer : DerivativesWriter
+        Output writer.
+
+    Returns
+    -------
+    CouplingResult
+    """
+    scfg, ccfg = config.source, config.coupling
+    _check_grid(fmri.bold_mni, fmri.mask_mni)
+    onsets = np.asarray(eeg.volume_onsets_s, float)
+    n = min(len(onsets), fmri.bold_mni.shape[3])
+    if n < 10:
+        raise StageError(f"Only {n} volumes have both EEG and BOLD; coupling needs >= 10.")
+    if len(onsets) != fmri.bold_mni.shape[3]:
+        logger.warning("%d EEG volume markers but %d BOLD volumes; using the first %d.",
+                       len(onsets), fmri.bold_mni.shape[3], n)
+    onsets = onsets[:n]
+    maps = source.compute_source_maps(
+        eeg.raw_clean, onsets, fmri.tr, fmri.mask_mni, bands=scfg.bands, method=scfg.method,
+        snr=scfg.snr, spacing_mm=scfg.source_spacing_mm, noise_cov=scfg.noise_cov,
+        noise_cov_baseline_s=tuple(scfg.noise_cov_baseline_s) or None,
+        montage=config.eeg.montage, electrodes=getattr(run, "electrodes", None),
+        subjects_dir=scfg.subjects_dir,
+    )
+    grid = maps.grid
+    bold = _bold_matrix(fmri.bold_mni, grid.voxel_ijk, n)
+    frame_times = cp.acquisition_times(onsets, fmri.slice_time_ref_s)
+    hrf = cp.hrf_matrix(onsets, fmri.tr, frame_times, hrf_model=ccfg.hrf_model)
+    conf = fmri.confounds
+    conf = None if conf is None else conf[[c for c in ccfg.confounds if c in conf]].iloc[:n]
+    nuisance = cp.nuisance_design(frame_times, conf, high_pass_hz=ccfg.high_pass_hz)
+    bands, zmaps, local_r, tables, thresholds = {}, {}, {}, [], {}
+    for name, _, _ in scfg.bands:
+        res = cp.couple_band(
+            name, bold=bold, frame_times=frame_times, source_power=maps.source_power[name],
+            channel_power=maps.channel_power[name], hrf=hrf, to_voxels=grid.to_voxels,
+            nuisance=nuisance, rr_mm=grid.rr_mm, ch_names=maps.ch_names,
+            n_peaks=ccfg.n_peaks, noise_model=ccfg.noise_model,
+        )
+        bands[name] = res
+        zmaps[name] = _voxel_img(grid, res.z)
+        local_r[name] = _voxel_img(grid, res.local_r)
+        sig = np.abs(res.z)[res.q < ccfg.fdr_q]
+        thresholds[name] = float(sig.min()) if len(sig) else float("inf")
+        tables.append(res.table)
+    result = CouplingResult(maps, bands, zmaps, local_r, pd.concat(tables, ignore_index=True),
+                            thresholds)
+    _write_outputs(result, run, fmri, config, writer)
+    _write_figures(result, run, eeg, frame_times, config, writer)
+    return result
+
+
+def _voxel_img(grid: Any, values: np.ndarray) -> nib.Nifti1Image:
+    data = np.zeros(grid.mask_img.shape[:3], np.float32)
+    data[tuple(grid.voxel_ijk.T)] = values
+    return nib.Nifti1Image(data, grid.mask_img.affine)
+
+
+def _sources(run: Any, writer: Any) -> list[str]:
+    out = []
+    for path in (getattr(run, "eeg", None), getattr(run, "bold", None)):
+        if path is not None:
+            try:
+                out.append(writer.raw_uri(path))
+            except ValueError:
+                logger.debug("No BIDS URI for %s.", path)
+    return out
+
+
+def _write_outputs(result: CouplingResult, run: Any, fmri: Any, config: Any,
+                   writer: Any) -> None:
+    ents = {k: v for k, v in run.entities.items() if k in ("sub", "ses", "task", "run")}
+    res = f"{config.fmri.resolution_mm:g}".replace(".", "p")
+    maps = result.source_maps
+    sources = _sources(run, writer)
+    common = {"EEGSourceMethod": maps.method, "SourceSpacing": config.source.source_spacing_mm,
+              "HeadModel": "3-shell sphere fitted to the electrodes" if
+              config.source.subjects_dir is None else "fsaverage BEM"}
+    for name, lo, hi in config.source.bands:
+        path = writer.build_path({**ents, "space": SPACE, "res": res, "desc": name},
+                                 "eegsource", ".nii.gz", datatype="eeg")
+        img = maps.power_img(name)
+        img.header.set_xyzt_units("mm", "sec")
+        img.header["pixdim"][4] = maps.window_length_s
+        writer.write_nifti(path, img, sources=sources, sidecar={
+            **common, "Description": f"EEG {name} band ({lo:g}-{hi:g} Hz) source power, one "
+            "volume per fMRI volume window (volume onset to onset + TR), interpolated from "
+            "the source grid to the fMRI grid.", "FrequencyBand": [lo, hi],
+            "RepetitionTime": maps.window_length_s, "Units": "arbitrary (squared inverse units)"})
+        result.files[f"eegsource_{name}"] = path
+        zpath = writer.build_path({**ents, "space": SPACE, "res": res, "desc": name, "stat": "z"},
+                                  "statmap", ".nii.gz", datatype="func")
+        writer.write_nifti(zpath, result.zmaps[name], sources=sources, sidecar={
+            **common, "Description": f"GLM z map of the HRF-convolved mean-channel {name} "
+            "band power (AR(1) prewhitened, confounds and cosine drifts).",
+            "HRFModel": config.coupling.hrf_model, "HighPass": config.coupling.high_pass_hz,
+            "FDRq": config.coupling.fdr_q,
+            # null when no voxel passes the FDR threshold (JSON has no infinity)
+            "FDRThresholdZ": _finite_or_none(result.fdr_threshold[name])})
+        result.files[f"zmap_{name}"] = zpath
+        rpath = writer.build_path({**ents, "space": SPACE, "res": res, "desc": f"{name}local",
+                                   "stat": "r"}, "statmap", ".nii.gz", datatype="func")
+        writer.write_nifti(rpath, result.local_r[name], sources=sources, sidecar={
+            **common, "Description": f"Correlation of each voxel's BOLD with the "
+            f"HRF-convolved {name} band power of the co-located source (confounds removed)."})
+        result.files[f"localr_{name}"] = rpath
+    tpath = writer.build_path({**ents, "desc": "sourcechannel"}, "corr", ".tsv", datatype="eeg")
+    writer.write_tsv(tpath, result.table, columns=TABLE_COLUMNS, sidecar={
+        "Description": "Source<->channel band-power correlations at local maxima of mean "
+        "source power.", "Sources": sources})
+    result.files["sourcechannel"] = tpath
+
+
+def _finite_or_none(value: float) -> float | None:
+    """``value`` as a float, or None when it is infinite or NaN."""
+    return float(value) if np.isfinite(value) else None
+
+
+def _write_figures(result: CouplingResult, run: Any, eeg: Any, frame_times: np.ndarray,
+                   config: Any, writer: Any) -> None:
+    ents = run.entities
+    subject = ents["sub"]
+    stem = "_".join(f"{k}-{ents[k]}" for k in ("ses", "task", "run") if k in ents)
+    maps = result.source_maps
+    info = forward.make_eeg_info(maps.ch_names, montage=config.eeg.montage)
+    r0, radius = forward.fit_head_sphere(info)
+    sphere = (*r0, radius)
+
+    def save(fig: Any, name: str, ext: str = ".svg") -> None:
+        result.figures[name] = writer.write_figure(fig, subject, f"{stem}_{name}{ext}")
+        plt.close(fig)
+
+    for name, _, _ in config.source.bands:
+        mean = np.nan_to_num(maps.mean_power(name))
+        rel_img = maps.grid.to_img(mean / (mean.max() or 1.0))
+        save(figures.plot_stat_map(rel_img, title=f"{name} source power (mean, relative to "
+                                   "peak; > 0.5 shown)", threshold=0.5, cmap="hot",
+                                   symmetric=False), f"desc-{name}_sourcemap", ".png")
+        thr = result.fdr_threshold[name]
+        save(figures.plot_stat_map(result.zmaps[name], title=f"{name} power <-> BOLD (z, "
+                                   f"FDR q<{config.coupling.fdr_q:g})",
+                                   threshold=thr if np.isfinite(thr) else 1e6),
+             f"desc-{name}_zmap", ".png")
+        table = result.bands[name].table
+        labels = list(dict.fromkeys(table["source"]))
+        values = np.array([table.loc[table["source"] == s, "r"].to_numpy() for s in labels])
+        titles = [f"{s} ({int(x)},{int(y)},{int(z)})" for s, x, y, z in
+                  table.drop_duplicates("source")[["source", "x", "y", "z"]].itertuples(False)]
+        save(figures.plot_topomaps(values, info, titles=titles,
+                                   suptitle=f"{name}: channels related to source peaks",
+                                   sphere=sphere),
+             f"desc-{name}_topomaps")
+    save(figures.plot_regressors(frame_times, {b: r.regressor for b, r in result.bands.items()},
+                                 title="HRF-convolved mean-channel band power"), "regressors")

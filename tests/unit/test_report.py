@@ -1,0 +1,140 @@
+"""Participant report: content, relative figure links, rendering in headless Chromium."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+import matplotlib.image as mpimg
+import matplotlib.pyplot as plt
+import mne
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+from nilearn import datasets
+
+from bids_app import coupling as cp
+from bids_app.config import Config
+from bids_app.data import natview_facts as nv
+from bids_app.eeg import forward, source
+from bids_app.io.bids import RunFiles
+from bids_app.io.derivatives import DerivativesWriter
+from bids_app.report import figures
+from bids_app.report.participant import methods_text, write_participant_report
+from bids_app.workflows.participant import Failure, RunOutcome
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        if shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _outcomes(tmp_path: Path, writer: DerivativesWriter) -> list[RunOutcome]:
+    """Two runs: one complete (EEG, fMRI, coupling), one whose fMRI stage failed."""
+    rng = np.random.default_rng(0)
+    info = forward.make_eeg_info(list(nv.EEG_CHANNELS))
+    outside = tmp_path / "work"  # EEG stage figures made outside the output folder
+    outside.mkdir()
+    fig = figures.plot_topomaps(rng.normal(size=(2, 61)), info, titles=["before", "after"])
+    fig.savefig(outside / "psd.svg")
+    plt.close(fig)
+    raw = mne.io.RawArray(rng.normal(size=(61, 2500)) * 1e-5, info, verbose="error")
+    eeg = SimpleNamespace(raw_clean=raw, volume_onsets_s=np.arange(20) * 2.1,
+                          qc={"bad_channels": ["T7", "Fp1"], "ica_excluded": [0, 3],
+                              "gradient": {"residual_rms_uv": 3.21, "harmonic_db": -31.5}},
+                          steps=[{"name": "gradient", "window": 30}, {"name": "bcg"}],
+                          figures={"psd": outside / "psd.svg"})
+    mask = datasets.load_mni152_brain_mask(resolution=3)
+    grid = forward.make_source_grid(mask, spacing_mm=15.0)
+    n_vox = len(grid.voxel_ijk)
+    z = rng.normal(size=n_vox)
+    z[:200] += 8
+    band = cp.BandCoupling("alpha", z, cp.z_to_q(z), rng.uniform(-0.5, 0.5, n_vox),
+                           pd.DataFrame(), np.zeros(20))
+    maps = source.SourceMaps(grid, np.arange(20) * 2.1, 2.1, {}, {}, list(nv.EEG_CHANNELS),
+                             "eLORETA")
+    zimg = nib.Nifti1Image(np.zeros(mask.shape, np.float32), mask.affine)
+    zimg.get_fdata()[tuple(grid.voxel_ijk.T)] = z
+    zfig = figures.plot_stat_map(zimg, title="alpha z", threshold=3.0)
+    coupling = SimpleNamespace(bands={"alpha": band}, source_maps=maps,
+                               fdr_threshold={"alpha": 3.0},
+                               figures={"desc-alpha_zmap": writer.write_figure(
+                                   zfig, "01", "task-tp_desc-alpha_zmap.png")})
+    plt.close(zfig)
+    mfig, ax = plt.subplots()
+    ax.plot(rng.normal(size=50))
+    fmri = SimpleNamespace(bold_mni=nib.Nifti1Image(np.zeros((4, 4, 4, 20), np.float32),
+                                                    np.diag([3, 3, 3, 1])),
+                           tr=2.1, confounds=pd.DataFrame({"framewise_displacement":
+                                                           rng.uniform(0, 0.3, 20)}),
+                           figures={"motion": writer.write_figure(mfig, "01", "task-tp_motion")})
+    plt.close(mfig)
+    ok = RunOutcome(run=RunFiles(entities={"sub": "01", "task": "tp", "run": "01"}), eeg=eeg,
+                    fmri=fmri, coupling=coupling)
+    crash = tmp_path / "out" / "logs" / "crash-sub-01-checker-fmri.txt"
+    crash.parent.mkdir(parents=True, exist_ok=True)
+    crash.write_text("Traceback ...")
+    bad = RunOutcome(run=RunFiles(entities={"sub": "01", "task": "checker"}), eeg=eeg,
+                     failures=[Failure("fmri", "The BOLD file is truncated.", crash)])
+    return [ok, bad]
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("report")
+    config = Config()
+    writer = DerivativesWriter(tmp_path / "out", config)
+    path = write_participant_report("sub-01", _outcomes(tmp_path, writer), config, writer)
+    return path, writer
+
+
+def test_report_content_and_links(report):
+    path, writer = report
+    assert path == writer.output_dir / "sub-01.html"
+    html = path.read_text()
+    sources = re.findall(r'<img src="([^"]+)"', html)
+    assert len(sources) == 4  # psd of both runs, motion, z map: every figure is linked
+    for src in sources:
+        assert not src.startswith("/") and (writer.output_dir / src).is_file(), src
+        assert src.startswith("sub-01/figures/")
+    for text in ("T7, Fp1", "residual_rms_uv", "The BOLD file is truncated.",
+                 "logs/crash-sub-01-checker-fmri.txt", "eLORETA", "Benjamini",
+                 "FDR q &lt; 0.05", "task-tp run-01", "Mean FD"):
+        assert text in html, text
+    # coupling summary: voxels with q < 0.05 counted from the z map
+    count = re.search(r'<td>alpha</td><td class="num">(\d+)</td>', html)
+    assert count and 200 <= int(count.group(1)) <= 230  # 200 planted + few false
+
+
+def test_methods_follow_config():
+    config = Config().replace("source", method="sLORETA").replace("eeg", ica=False)
+    paragraphs, refs = methods_text(config)
+    text = " ".join(paragraphs)
+    assert "sLORETA" in text and "ICLabel" not in text
+    assert not any("ICLabel" in r for r in refs)
+
+
+def test_report_renders_in_headless_chromium(report, tmp_path):
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("Chromium not found (apt-get install -y chromium); cannot render report.")
+    path, _ = report
+    shot = tmp_path / "shot.png"
+    common = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+              "--allow-file-access-from-files", "--virtual-time-budget=5000"]
+    dom = subprocess.run([*common, "--dump-dom", path.as_uri()], capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    assert "Methods" in dom and dom.count("<img") == 4
+    assert dom.count("onerror") == 4 and 'data-broken="1"' not in dom  # all images loaded
+    subprocess.run([*common, f"--screenshot={shot}", "--window-size=1280,1600",
+                    path.as_uri()], capture_output=True, timeout=120, check=True)
+    pixels = mpimg.imread(shot)[..., :3]
+    assert pixels.shape[0] >= 1000
+    assert pixels.std() > 0.05  # not blank
+    assert (np.abs(pixels - pixels.mean((0, 1))).sum(-1) > 0.3).mean() > 0.01

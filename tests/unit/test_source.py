@@ -1,0 +1,145 @@
+"""Source imaging on the fMRI grid: localisation of planted dipoles, grid, electrodes."""
+
+from __future__ import annotations
+
+import mne
+import nibabel as nib
+import numpy as np
+import pytest
+from nilearn import datasets
+
+from bids_app.data import natview_facts as nv
+from bids_app.data import scenario
+from bids_app.data.simulate_neural import simulate_neural
+from bids_app.data.simulate_stimulus import simulate_stimulus
+from bids_app.eeg import forward, source
+from bids_app.errors import InputError
+
+SFREQ, TR, DURATION = 250.0, nv.TR, 120.0
+
+
+@pytest.fixture(scope="module")
+def mask() -> nib.Nifti1Image:
+    return datasets.load_mni152_brain_mask(resolution=3)
+
+
+def _maps(task: str, mask, method: str = "eLORETA", noise_cov: str = "diagonal"):
+    stim = simulate_stimulus(task, DURATION, 10.0, (32, 24), np.random.default_rng(11),
+                             render=False)
+    sim = simulate_neural(task, stim, SFREQ, int(DURATION * SFREQ), 0.0,
+                          np.random.default_rng(12))
+    raw = mne.io.RawArray(sim.eeg.astype(float),
+                          mne.create_info(list(nv.EEG_CHANNELS), SFREQ, "eeg"), verbose="error")
+    onsets = np.arange(0, DURATION - TR, TR)
+    bands = tuple((s.name, s.freq_hz - 1.0, s.freq_hz + 1.0)
+                  for s in scenario.sources_for_task(task))
+    maps = source.compute_source_maps(raw, onsets, TR, mask, bands=bands, method=method,
+                                      noise_cov=noise_cov, noise_cov_baseline_s=(0.0, 30.0))
+    on = np.interp(onsets + TR / 2, np.arange(len(stim.checker_on)) / stim.fps,
+                   stim.checker_on.astype(float)) > 0.5
+    return maps, on
+
+
+@pytest.mark.parametrize("task", ["checker", "tp"])
+def test_localisation_error_of_planted_sources(task, mask):
+    maps, flicker = _maps(task, mask)
+    for src in scenario.sources_for_task(task):
+        power = maps.source_power[src.name]
+        if src.feature == "checker":  # SSVEP: flicker minus rest blocks
+            score = power[flicker].mean(0) - power[~flicker].mean(0)
+        else:
+            score = power.mean(0)
+        peak = maps.grid.rr_mm[np.argmax(score)]
+        error = np.linalg.norm(peak - np.array(src.mni_mm))
+        assert error <= 20.0, (src.name, peak, error)  # measured 2.8-15.7 mm
+
+
+@pytest.mark.parametrize("noise_cov", ["adhoc", "baseline"])
+def test_noise_covariance_options_localise_alpha(noise_cov, mask):
+    maps, _ = _maps("tp", mask, noise_cov=noise_cov)
+    peak = maps.grid.rr_mm[np.argmax(maps.mean_power("alpha_occipital"))]
+    assert np.linalg.norm(peak - np.array(scenario.PLANTED_SOURCES[0].mni_mm)) <= 20.0
+
+
+def test_power_images_on_fmri_grid(mask):
+    maps, _ = _maps("tp", mask, method="sLORETA")
+    img = maps.power_img("alpha_occipital")
+    assert img.shape == mask.shape + (len(maps.window_onsets_s),)
+    np.testing.assert_array_equal(img.affine, mask.affine)
+    inside = np.asarray(mask.dataobj) > 0
+    data = img.get_fdata()
+    assert np.all(data[~inside] == 0) and np.all(data[inside].mean(-1) > 0)
+    # channel power is in V^2 at scalp level: a few (uV)^2 to tens of (uV)^2
+    assert 1e-13 < np.median(maps.channel_power["alpha_occipital"]) < 1e-9
+
+
+def test_source_grid_interpolation_is_exact_for_linear_fields(mask):
+    grid = forward.make_source_grid(mask, spacing_mm=10.0)
+    assert np.all(np.asarray(mask.dataobj)[tuple(np.round(nib.affines.apply_affine(
+        np.linalg.inv(mask.affine), grid.rr_mm)).astype(int).T)] > 0)
+    field = grid.rr_mm @ np.array([0.3, -0.2, 0.5]) + 4.0
+    vox = grid.to_voxels(field)
+    truth = grid.voxel_mm @ np.array([0.3, -0.2, 0.5]) + 4.0
+    full = np.isclose(np.asarray(grid.weights.sum(1)).ravel(), 1.0)
+    inner = full & (_corner_count(grid) == 8)  # interior voxels: all 8 cell corners present
+    assert inner.mean() > 0.4
+    np.testing.assert_allclose(vox[inner], truth[inner], atol=1e-3)
+    assert np.corrcoef(vox, truth)[0, 1] > 0.99
+
+
+def _corner_count(grid) -> np.ndarray:
+    nodes = {tuple(np.round(r).astype(int)) for r in grid.rr_mm}
+    base = np.floor(grid.voxel_mm / 10.0) * 10.0
+    count = np.zeros(len(base), int)
+    for corner in np.ndindex(2, 2, 2):
+        keys = np.round(base + 10.0 * np.array(corner)).astype(int)
+        count += np.array([tuple(k) in nodes for k in keys])
+    return count
+
+
+def test_electrodes_alignment(tmp_path):
+    template = forward.template_positions("standard_1005")
+    names = list(nv.EEG_CHANNELS)
+    xyz = np.array([template[n] for n in names])
+    angle = np.deg2rad(20)
+    rot = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0],
+                    [0, 0, 1]])
+    measured = 1000 * xyz @ rot.T + np.array([5.0, -30.0, 40.0])  # mm, rotated, shifted
+    path = tmp_path / "electrodes.tsv"
+    lines = ["name\tx\ty\tz"] + [f"{n}\t{x}\t{y}\t{z}" for n, (x, y, z) in zip(names, measured)]
+    path.write_text("\n".join(lines) + "\n")
+    aligned = forward.read_electrodes(path, template)
+    err = max(np.linalg.norm(aligned[n] - template[n]) for n in names)
+    assert err < 1e-4  # 0.1 mm
+    unit = xyz / np.linalg.norm(xyz, axis=1, keepdims=True)
+    lines = ["name\tx\ty\tz"] + [f"{n}\t{x}\t{y}\t{z}" for n, (x, y, z) in zip(names, unit)]
+    path.write_text("\n".join(lines) + "\n")
+    assert np.allclose(forward.read_electrodes(path, template)["Oz"], template["Oz"])
+    path.write_text("name\tx\n")
+    with pytest.raises(InputError, match="electrodes.tsv"):
+        forward.read_electrodes(path, template)
+
+
+def test_bad_options():
+    info = forward.make_eeg_info(list(nv.EEG_CHANNELS))
+    with pytest.raises(ValueError, match="Inverse method"):
+        source.make_inverse_kernel(info, None, None, method="LORETA")
+    with pytest.raises(InputError, match="no position"):
+        forward.make_eeg_info(["Oz", "NotAChannel"])
+
+
+def test_bad_segments_are_left_out_of_window_power():
+    from bids_app.eeg import features
+
+    rng = np.random.default_rng(3)
+    info = mne.create_info(["Oz", "Pz"], 100.0, "eeg")
+    data = rng.normal(size=(2, 6000))
+    data[:, 1000:1100] *= 100  # a burst inside window 1 ...
+    raw = mne.io.RawArray(data, info, first_samp=300, verbose="error")  # cropped recording
+    raw.set_annotations(mne.Annotations([10.0, 40.0], [1.0, 20.0], ["BAD_burst", "BAD_acq"]))
+    bounds = features.window_bounds(np.arange(0, 60, 5.0), 5.0, 100.0, 6000)
+    covs = features.window_covariances(data, bounds, features.good_samples(raw))
+    power = features.channel_power(covs)
+    assert np.all(power[2] < 1.5)  # ... is excluded (window 10-15 s keeps 4 s)
+    assert np.isnan(power[8:12]).all()  # windows fully inside the 40-60 s bad segment
+    np.testing.assert_allclose(power[0], data[:, :500].var(1), rtol=0.05)
