@@ -1,0 +1,192 @@
+"""Group training at NATVIEW size: window storage, throughput and peak memory.
+
+Synthesises planted windows directly (no raw data) for 22 subjects x 10 runs x 290
+volumes with 61 EEG channels x 8.4 s at 25 Hz and the 3 mm MNI brain mask (69 763
+voxels) into memory-mapped ``.npy`` files, then trains VAE-1 with the production
+:func:`bids_app.models.train.fit` in a fresh process on windows drawn from the whole
+group, and reports windows per second and the peak resident memory of that process::
+
+    python benchmarks/training.py --work-dir bench_work            # NATVIEW size
+    python benchmarks/training.py --work-dir bench_small --subjects 2 --runs 2  # quick check
+
+Numbers depend on the machine; docs/benchmarks.md ("Group training") records a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def synthesise(args: argparse.Namespace) -> dict:
+    """Write planted windows of the whole group into memory-mapped files."""
+    import pandas as pd
+
+    from bids_app.data.simulate_stimulus import simulate_windows
+
+    n_t = int(round(8.4 * 25.0))
+    per_subject = args.runs * args.volumes
+    n = args.subjects * per_subject
+    root = Path(args.work_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    mm = np.lib.format.open_memmap
+    eeg = mm(root / "eeg.npy", "w+", np.float32, (n, args.channels, n_t))
+    fmri = mm(root / "fmri.npy", "w+", np.float32, (n, args.voxels))
+    stim = mm(root / "stimulus.npy", "w+", np.float32, (n, 2))
+    t0 = time.perf_counter()
+    metas = []
+    for s in range(args.subjects):
+        sl = slice(s * per_subject, (s + 1) * per_subject)
+        pw = simulate_windows(
+            n_subjects=1,
+            n_runs=args.runs,
+            n_volumes=args.volumes,
+            n_channels=args.channels,
+            window_s=8.4,
+            sfreq=25.0,
+            n_voxels=args.voxels,
+            seed=s,
+            out={"eeg": eeg[sl], "fmri": fmri[sl], "stimulus": stim[sl]},
+        )
+        metas.append(pw.meta.assign(subject=f"{s + 1:02d}"))
+        eeg.flush(), fmri.flush()
+    pd.concat(metas, ignore_index=True).to_parquet(root / "meta.parquet")
+    seconds = time.perf_counter() - t0
+    size = (eeg.nbytes + fmri.nbytes + stim.nbytes) / 1e9
+    return {
+        "windows": n,
+        "data_gb": size,
+        "synthesis_s": seconds,
+        "eeg_shape": [args.channels, n_t],
+        "voxels": args.voxels,
+    }
+
+
+def peak_rss_gb() -> float:
+    """Peak resident memory of this process (VmHWM; ``ru_maxrss`` would include the
+    parent's resident set at fork time, inherited across ``exec`` on Linux)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        return int(status.split("VmHWM:")[1].split()[0]) / 1e6
+    except (OSError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+
+def train_only(args: argparse.Namespace) -> dict:
+    """Train VAE-1 for one epoch on ``batches`` batches drawn from the whole group."""
+    import torch
+
+    from bids_app.models.train import fit, make_model
+
+    torch.set_num_threads(args.threads)
+    root = Path(args.work_dir)
+    arrays = {k: np.load(root / f"{k}.npy", mmap_mode="r") for k in ("eeg", "fmri")}
+    n = len(arrays["eeg"])
+    rng = np.random.default_rng(0)
+    idx = rng.permutation(n)
+    train = idx[: args.batches * args.batch_size]
+    val = idx[-args.batch_size * 2 :]
+    model = make_model(
+        "vae1",
+        seed=0,
+        eeg_shape=arrays["eeg"].shape[1:],
+        n_voxels=arrays["fmri"].shape[1],
+        latent_dim=16,
+        hidden_dim=256,
+    )
+    n_params = sum(p.numel() for p in model.parameters())
+    rss0 = peak_rss_gb()
+    t0 = time.perf_counter()
+    res = fit(
+        model,
+        arrays,
+        train,
+        val,
+        epochs=1,
+        batch_size=args.batch_size,
+        seed=0,
+        device=args.device,
+        amp=True,
+    )
+    seconds = time.perf_counter() - t0
+    peak = peak_rss_gb()
+    out = {
+        "device": res.device,
+        "threads": args.threads,
+        "parameters": n_params,
+        "train_windows": len(train),
+        "seconds": seconds,
+        "windows_per_s": len(train) / seconds,
+        "peak_rss_gb": peak,
+        "rss_before_training_gb": rss0,
+    }
+    if torch.cuda.is_available() and res.device.startswith("cuda"):
+        out["peak_gpu_gb"] = torch.cuda.max_memory_allocated() / 1e9
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--work-dir", required=True, type=Path)
+    p.add_argument("--subjects", type=int, default=22)
+    p.add_argument("--runs", type=int, default=10)
+    p.add_argument("--volumes", type=int, default=290)
+    p.add_argument("--channels", type=int, default=61)
+    p.add_argument("--voxels", type=int, default=69763)
+    p.add_argument("--batches", type=int, default=12)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    p.add_argument("--train-only", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--keep", action="store_true", help="keep the synthesised files")
+    args = p.parse_args()
+    if args.train_only:
+        print(json.dumps(train_only(args)))
+        return 0
+    data = synthesise(args)
+    child = subprocess.run(
+        [sys.executable, __file__, "--train-only", *sys.argv[1:]],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "OMP_NUM_THREADS": str(args.threads)},
+    )
+    train = json.loads(child.stdout.strip().splitlines()[-1])
+    epoch_windows = 0.6 * data["windows"]
+    rows = [
+        ("windows (subjects x runs x volumes)", f"{data['windows']:,}"),
+        ("EEG window (channels x samples)", "x".join(map(str, data["eeg_shape"]))),
+        ("voxels (3 mm MNI brain mask)", f"{data['voxels']:,}"),
+        ("memory-mapped data on disk", f"{data['data_gb']:.1f} GB"),
+        ("synthesis time", f"{data['synthesis_s']:.0f} s"),
+        ("VAE-1 parameters", f"{train['parameters'] / 1e6:.1f} M"),
+        ("device / threads", f"{train['device']} / {train['threads']}"),
+        ("training throughput", f"{train['windows_per_s']:.1f} windows/s"),
+        (
+            "one epoch (60 % of windows), extrapolated",
+            f"{epoch_windows / train['windows_per_s'] / 60:.0f} min",
+        ),
+        ("peak resident memory (training process)", f"{train['peak_rss_gb']:.2f} GB"),
+    ]
+    if "peak_gpu_gb" in train:
+        rows.append(("peak GPU memory", f"{train['peak_gpu_gb']:.2f} GB"))
+    width = max(len(r[0]) for r in rows)
+    print(f"| {'quantity':<{width}} | value |\n|{'-' * (width + 2)}|-------|")
+    for name, value in rows:
+        print(f"| {name:<{width}} | {value} |")
+    if not args.keep:
+        shutil.rmtree(args.work_dir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
