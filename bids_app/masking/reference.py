@@ -1,0 +1,88 @@
+"""Reference occlusion: the per-unit loop that :func:`occlusion_effects` must equal."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from bids_app.masking import statistics as st
+from bids_app.masking.data import MaskingData, compute_baseline, occurrences
+from bids_app.masking.occlusion import (
+    _context_inputs,
+    _decode,
+    _model_name,
+    _output_names,
+    _targets,
+    _unmasked_heads,
+    _windows_forward,
+    head_names,
+    resolve_device,
+)
+
+
+def naive_occlusion(
+    model: Any,
+    data: MaskingData,
+    *,
+    kind: str,
+    baseline: str = "zero",
+    context: str = "single",
+    units: np.ndarray | None = None,
+    device: str | torch.device | None = "cpu",
+    batch_size: int = 4096,
+) -> list[Any]:
+    """Reference occlusion: one full forward pass of all windows per masked unit.
+
+    For each unit, a copy of every window is made with the unit set to its baseline
+    wherever it occurs, the model is run end to end (``encode`` then the decoders) on all
+    windows, and the change is measured in the windows that contain the unit. This is the
+    per-unit loop of generic occlusion tools (Captum ``Occlusion``); it is slow and exists
+    to check :func:`occlusion_effects`.
+
+    Parameters are those of :func:`occlusion_effects` (``units`` restricts the loop).
+
+    Returns
+    -------
+    list of HeadEffects
+        ``smd``, ``kl`` and ``dll`` filled (no statistics), heads as in
+        :func:`occlusion_effects`.
+    """
+    device = resolve_device(device)
+    model = model.to(device).eval()
+    heads = head_names(model, kind)
+    ref, _ = _unmasked_heads(model, data, kind, heads, device, batch_size, context)
+    base = compute_baseline(data, kind, baseline)
+    units, starts, occ = occurrences(data, kind, units)
+    acc: dict[str, dict[str, list]] = {h: {"smd": [], "kl": [], "dll": []} for h in heads}
+    x_eeg = np.asarray(data.x_eeg, dtype=np.float32)
+    x_fmri = np.asarray(data.x_fmri, dtype=np.float32)
+    for u in range(len(units)):
+        win, pos = occ[starts[u] : starts[u + 1], 0], occ[starts[u] : starts[u + 1], 1]
+        xe, xf = x_eeg.copy(), x_fmri.copy()
+        if kind == "eeg":
+            xe[win, :, pos] = base[win, :, pos]
+        else:
+            xf[win, pos] = base[win, pos]
+        mu, lv = _windows_forward(model, *_context_inputs(data, kind, context, xe, xf), device,
+                                  batch_size)
+        for head in heads:
+            with torch.no_grad():
+                m1, l1 = (t.double().cpu().numpy() for t in _decode(model, head, kind, mu, lv))
+            m0, l0 = ref[head][0][win], ref[head][1][win]
+            smd, kl = st.predictive_change(m0, l0, m1[win], l1[win])
+            y = _targets(data, kind, head)
+            dll = (np.full_like(smd, np.nan) if y is None else
+                   (st.gaussian_loglik(y[win], m1[win], l1[win])
+                    - st.gaussian_loglik(y[win], m0, l0)).sum(axis=-1))
+            for key, val in (("smd", smd), ("kl", kl), ("dll", dll)):
+                acc[head][key].append(val.mean(axis=0))
+    name = _model_name(model)
+    return [
+        st.HeadEffects(kind=kind, model=name, head=h, units=units,
+                       outputs=_output_names(model, kind, h, acc[h]["smd"][0].shape[0], None),
+                       n_windows=np.diff(starts),
+                       **{k: np.stack(v) for k, v in acc[h].items()})
+        for h in heads
+    ]

@@ -1,0 +1,180 @@
+"""Group HTML report: models, masking counts against the null, annotations and maps.
+
+``output_dir/group.html`` extends the participant report's ``base.html``; figures go to
+``output_dir/group/figures/`` and are linked relatively. Works with whatever finished:
+models and masking may each be None (their sections then say so).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from bids_app.report.participant import render  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+METHODS = (
+    "Each EEG timestamp of a run (all channels) and each voxel was masked by its baseline "
+    "in every window that contains it, and the change of the predictive Gaussians of "
+    "VAE-1 (the other modality, from the masked modality alone) and VAE-2 (the stimulus "
+    "features) was measured as standardised mean shift, KL divergence and change of the "
+    "log-likelihood of the observed values. Significance compares the likelihood drop "
+    "with draws in which the observed values come from randomly drawn windows; p-values "
+    "are Benjamini-Hochberg corrected over units x outputs. A unit is annotated with the "
+    "stimulus features that change in VAE-2 when it also changes VAE-1's cross-modal "
+    "prediction (q below the level in both). The fast occlusion uses rank-C (timestamp) "
+    "and rank-1 (voxel) updates of the encoders' linear input layers and equals per-unit "
+    "occlusion (Zintgraf et al. 2017; Benjamini & Hochberg 1995).",
+)
+
+
+def _save(fig: Any, writer: Any, name: str) -> dict[str, str]:
+    path = Path(writer.output_dir) / "group" / "figures" / f"{name}.svg"
+    writer.save_figure(fig, path)
+    plt.close(fig)
+    rel = path.relative_to(writer.output_dir).as_posix()
+    return {"src": rel, "caption": name.replace("_", " ").capitalize(), "anchor": name}
+
+
+def _learning_curves(models: Any, writer: Any) -> tuple[list, list]:
+    rows, figs = [], []
+    for name, res in sorted(getattr(models, "training", {}).items()):
+        rows.append((name, res.best_epoch, float(f"{res.best_val_loss:.4g}"),
+                     len(res.history), res.device))
+        hist = res.history
+        if not hist:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 2.6))
+        ep = [h["epoch"] for h in hist]
+        ax.plot(ep, [h["train_loss"] for h in hist], label="train")
+        ax.plot(ep, [h["val_loss"] for h in hist], label="validation")
+        ax.axvline(res.best_epoch, color="0.5", ls=":", label="best")
+        ax.set(xlabel="epoch", ylabel="loss (negative ELBO)", title=name)
+        ax.legend(frameon=False)
+        figs.append(_save(fig, writer, f"learning_curve_{name}"))
+    return rows, figs
+
+
+def _timelines(models: Any, masking: Any, writer: Any, max_runs: int = 6) -> list:
+    stamps = masking.timestamps
+    stim = masking.head("eeg", "vae2", "stimulus")
+    windows = models.windows
+    ann = masking.annotations.get("eeg")
+    labels = windows.run_labels()
+    figs = []
+    for run in sorted(stamps["run"].unique())[:max_runs]:
+        fig, ax = plt.subplots(figsize=(12, 2.8))
+        sel = labels == run
+        if windows.stimulus is not None and windows.feature_names:
+            t = windows.meta["time_s"].to_numpy()[sel]
+            for f, name in enumerate(windows.feature_names):
+                ax.plot(t, np.asarray(windows.stimulus[sel])[:, f], lw=0.8, label=name)
+        run_units = stamps[stamps["run"] == run]
+        if stim is not None:
+            eff = np.nanmax(stim.effect, axis=1)[run_units["unit"].to_numpy()]
+            ax2 = ax.twinx()
+            ax2.plot(run_units["time_s"], eff, color="k", lw=0.6, alpha=0.6)
+            ax2.set_ylabel("VAE-2 effect (max)")
+        if ann is not None and len(ann):
+            times = run_units.set_index("unit")["time_s"]
+            hit = ann[ann["unit"].isin(times.index)]
+            for u in hit["unit"]:
+                ax.axvspan(times[u], times[u] + 1.0 / windows.sfreq, color="tab:red", alpha=0.3)
+        ax.set(xlabel="run time (s)", ylabel="stimulus feature (z)", title=run)
+        ax.legend(loc="upper left", fontsize=7, frameon=False)
+        figs.append(_save(fig, writer, "timeline_" + run.replace("/", "_")))
+    return figs
+
+
+def _voxel_figures(masking: Any, config: Any, writer: Any) -> list:
+    import nibabel as nib
+
+    from bids_app.report.figures import plot_stat_map
+
+    eff_path, q_path = masking.paths.get("statmap_effect"), masking.paths.get("statmap_q")
+    if eff_path is None or q_path is None:
+        return []
+    eff, q = nib.load(eff_path), nib.load(q_path)
+    data = np.where(np.asarray(q.dataobj) < config.masking.fdr_q, np.asarray(eff.dataobj), 0)
+    figs = []
+    for name, img, thr in (("voxel_effect", eff, None),
+                           ("voxel_effect_annotated", nib.Nifti1Image(data, eff.affine), 1e-6)):
+        fig = plot_stat_map(img, title=name.replace("_", " "), threshold=thr, symmetric=False,
+                            cmap="hot")
+        figs.append(_save(fig, writer, name))
+    return figs
+
+
+def write_group_report(models: Any, masking: Any, config: Any, writer: Any) -> Path:
+    """Write ``output_dir/group.html``.
+
+    Parameters
+    ----------
+    models : ModelsResult | None
+        Group models (None when that stage failed).
+    masking : MaskingResult | None
+        Masking results (None when that stage failed).
+    config : Config
+        Resolved configuration.
+    writer : DerivativesWriter
+        Output writer.
+
+    Returns
+    -------
+    Path
+        The report.
+    """
+    failures = []
+    ctx: dict[str, Any] = {"n_windows": 0, "n_runs": 0, "models_rows": [], "curve_figures": [],
+                           "counts": [], "annotated": [], "feature_rows": [],
+                           "timeline_figures": [], "voxel_figures": [], "voxel_rows": [],
+                           "voxel_columns": (), "level": config.masking.fdr_q,
+                           "methods": METHODS}
+    if models is None:
+        failures.append("The models stage did not produce models.")
+    else:
+        ctx["n_windows"] = len(models.windows)
+        ctx["n_runs"] = len(np.unique(models.windows.run_labels()))
+        ctx["models_rows"], ctx["curve_figures"] = _learning_curves(models, writer)
+    if masking is None:
+        failures.append("The masking stage did not run or failed.")
+    else:
+        ctx["counts"] = [(k, v["tests"], v["significant"], v["nominal_p_below_level"],
+                          round(v["expected_under_null"], 1))
+                         for k, v in masking.summary.items() if k != "annotated"]
+        ctx["annotated"] = sorted(masking.summary.get("annotated", {}).items())
+        feats: dict[str, list[int]] = {}
+        for col, kind in ((0, "eeg"), (1, "fmri")):
+            ann = masking.annotations.get(kind)
+            if ann is None or not len(ann):
+                continue
+            for value in ann["features"]:
+                for f in str(value).split("+"):
+                    feats.setdefault(f, [0, 0])[col] += 1
+        ctx["feature_rows"] = [(f, n[0], n[1]) for f, n in sorted(feats.items())]
+        if models is not None:
+            try:
+                ctx["timeline_figures"] = _timelines(models, masking, writer)
+                ctx["voxel_figures"] = _voxel_figures(masking, config, writer)
+            except Exception as err:  # a figure never sinks the report
+                logger.warning("group report figure failed: %s", err)
+                failures.append(f"A figure could not be drawn: {err}")
+        vt = masking.annotations.get("fmri")
+        if vt is not None and len(vt) and "x" in vt:
+            top = vt.sort_values("q_vae2").head(30)
+            ctx["voxel_columns"] = ("x", "y", "z", "features", "q_vae1", "q_vae2")
+            ctx["voxel_rows"] = [tuple(float(f"{r[c]:.3g}") if c.startswith("q") else r[c]
+                                       for c in ctx["voxel_columns"])
+                                 for _, r in top.iterrows()]
+    html = render("group.html", failures=failures, **ctx)
+    path = Path(writer.output_dir) / "group.html"
+    writer.write_bytes(path, html.encode())
+    return path

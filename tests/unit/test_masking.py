@@ -1,0 +1,412 @@
+"""Masking: fast occlusion equals the naive loop; planted dependencies are recovered."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as hst
+from scipy import stats
+
+from bids_app.masking import (
+    MaskingData,
+    auroc,
+    compute_baseline,
+    naive_occlusion,
+    occlusion_effects,
+)
+from bids_app.masking import statistics as mst
+from bids_app.masking.annotate import annotate_units, effects_table, events_table
+from bids_app.models.vae import MultimodalVAE, StimulusVAE
+
+# ---------------------------------------------------------------- planted synthetic problem
+C, T, S, V, F = 4, 10, 2, 12, 2
+LAGS, KERNEL = (1, 2), (1.0, 0.6)
+PATTERN = np.array([[1.0, 0.6, 0.0, -0.6], [0.0, -0.6, 1.0, 0.6]])
+COUPLED = {0: np.arange(0, 4), 1: np.arange(4, 8)}  # voxels 8-11 carry noise only
+
+
+def _zscore(x: np.ndarray, axis) -> np.ndarray:
+    return (x - x.mean(axis, keepdims=True)) / x.std(axis, keepdims=True)
+
+
+def planted_run(n_windows: int, rng: np.random.Generator, *, null: bool = False):
+    """Windows of one run where feature onsets drive EEG at known timestamps and voxels.
+
+    Feature ``f`` has sparse onsets; the EEG responds with channel pattern ``PATTERN[f]``
+    at ``LAGS`` after each onset (the planted timestamps), the window's stimulus target is
+    the summed response drive, and the voxels of ``COUPLED[f]`` follow that target. The
+    null variant keeps the onsets (and the stimulus) but EEG and fMRI are noise.
+    """
+    a = (n_windows - 1) * S + T
+    onsets = (rng.random((F, a)) < 0.05) * (1.0 + rng.random((F, a)))
+    drive = np.zeros((F, a))
+    for lag, k in zip(LAGS, KERNEL):
+        drive[:, lag:] += k * onsets[:, :-lag]
+    eeg = 0.2 * rng.standard_normal((C, a)) + (0.0 if null else PATTERN.T @ drive)
+    idx = np.arange(n_windows)[:, None] * S + np.arange(T)[None]
+    y = drive[:, idx].sum(axis=2).T
+    fmri = 0.3 * rng.standard_normal((n_windows, V))
+    if not null:
+        for f, vox in COUPLED.items():
+            fmri[:, vox] += y[:, [f]]
+    data = MaskingData(_zscore(eeg[:, idx].transpose(1, 0, 2), (0, 2)).astype(np.float32),
+                       _zscore(fmri, 0).astype(np.float32), _zscore(y, 0).astype(np.float32),
+                       idx)
+    return data, drive > 0
+
+
+def _train(model, data: MaskingData, steps: int = 400, seed: int = 0):
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
+    batch = {"eeg": torch.as_tensor(data.x_eeg), "fmri": torch.as_tensor(data.x_fmri),
+             "stimulus": torch.as_tensor(data.stimulus)}
+    model.train()
+    for _ in range(steps):
+        opt.zero_grad()
+        loss, _ = model.loss(batch)
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def _fit_and_mask(null: bool):
+    """VAE-1 and VAE-2 trained on one run, masked on another (held-out) run."""
+    rng = np.random.default_rng(1)
+    train, _ = planted_run(400, rng, null=null)
+    test, truth = planted_run(150, rng, null=null)
+    torch.manual_seed(0)
+    kw = {"latent_dim": 4, "hidden_dim": 32, "dropout": 0.0, "beta": 0.1}
+    vae1 = _train(MultimodalVAE((C, T), V, **kw), train)
+    vae2 = _train(StimulusVAE((C, T), V, F, **kw), train)
+    eff = {kind: (occlusion_effects(vae1, test, kind=kind, n_null=1000, seed=3),
+                  occlusion_effects(vae2, test, kind=kind, n_null=1000, seed=3))
+           for kind in ("eeg", "fmri")}
+    return test, truth, eff, (vae1, vae2)
+
+
+@pytest.fixture(scope="module")
+def planted():
+    return _fit_and_mask(null=False)
+
+
+@pytest.fixture(scope="module")
+def null_problem():
+    return _fit_and_mask(null=True)
+
+
+def test_planted_dependencies_recovered(planted):
+    _, truth, eff, _ = planted
+    (cross, _latent), (stim,) = eff["eeg"]
+    # (timestamp, voxel, feature) triples: evidence in VAE-1 (timestamp -> voxel) and in
+    # VAE-2 (timestamp -> feature), combined by the weaker of the two.
+    score = np.minimum(cross.z[:, :, None], stim.z[:, None, :])
+    labels = np.zeros_like(score, dtype=bool)
+    for f, vox in COUPLED.items():
+        labels[np.ix_(truth[f], vox, [f])] = True
+    assert auroc(score, labels) >= 0.95
+    (vcross, _), (vstim,) = eff["fmri"]
+    vlabels = np.zeros((V, F), dtype=bool)
+    for f, vox in COUPLED.items():
+        vlabels[vox, f] = True
+    assert auroc(vstim.z, vlabels) >= 0.95
+    # annotations (q < 0.05 in both VAEs) are mostly planted (unit, feature) pairs
+    correct = []
+    for ann, truth_of in ((annotate_units(cross, stim), lambda u, f: truth[f, u]),
+                          (annotate_units(vcross, vstim), lambda u, f: vlabels[u, f])):
+        for unit, feats in zip(ann["unit"], ann["features"]):
+            correct += [truth_of(unit, stim.outputs.index(f)) for f in feats.split("+")]
+    assert len(correct) >= 5
+    assert np.mean(correct) >= 0.75
+
+
+def test_null_false_annotations(null_problem):
+    _, _, eff, _ = null_problem
+    n_pairs = n_annotated = 0
+    for kind in ("eeg", "fmri"):
+        (cross, _), (stim,) = eff[kind]
+        ann = annotate_units(cross, stim, alpha=0.05)
+        n_annotated += sum(len(f.split("+")) for f in ann["features"])
+        n_pairs += stim.q.size
+    assert n_annotated / n_pairs <= 0.05
+    # permutation p-values of the stimulus head are close to uniform under the null
+    p = eff["eeg"][1][0].p.ravel()
+    assert np.mean(p < 0.05) <= 0.1
+
+
+def test_tables_and_events(planted):
+    _, _, eff, _ = planted
+    (cross, latent), (stim,) = eff["eeg"]
+    table = effects_table([cross, latent, stim])
+    assert len(table) == cross.smd.size + latent.smd.size + stim.smd.size
+    assert table["q"].dropna().between(0, 1).all()
+    assert np.all(table["ci_low"] <= table["effect"] + 1e-12)
+    assert np.all(table["effect"] <= table["ci_high"] + 1e-12)
+    ann = annotate_units(cross, stim, alpha=0.5)
+    ev = events_table(ann, pd.Series(cross.units / 25.0, index=cross.units), step_s=1 / 25.0)
+    assert (ev["duration"] > 0).all()
+    assert ev["onset"].is_monotonic_increasing
+    assert ev["trial_type"].str.startswith("vaemask/").all()
+
+
+# ---------------------------------------------------------------- fast == naive occlusion
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=hst.integers(0, 2**16),
+    n=hst.integers(2, 7),
+    c=hst.integers(1, 4),
+    t=hst.integers(2, 6),
+    stride=hst.integers(1, 3),
+    v=hst.integers(1, 6),
+    f=hst.integers(1, 3),
+    baseline=hst.sampled_from(["zero", "mean", "conditional"]),
+    context=hst.sampled_from(["single", "joint"]),
+    kind=hst.sampled_from(["eeg", "fmri"]),
+    batch=hst.integers(1, 9),
+    vae2=hst.booleans(),
+    subset=hst.booleans(),
+)
+def test_fast_equals_naive(seed, n, c, t, stride, v, f, baseline, context, kind, batch, vae2,
+                           subset):
+    rng = np.random.default_rng(seed)
+    runs = rng.integers(0, 2, n)
+    idx = np.arange(n)[:, None] * stride + np.arange(t)[None] + 1000 * runs[:, None]
+    a = idx.max() + 1
+    series = rng.standard_normal((c, a)).astype(np.float32)
+    data = MaskingData(series[:, idx].transpose(1, 0, 2), rng.standard_normal((n, v)).astype(
+        np.float32), rng.standard_normal((n, f)).astype(np.float32), idx, window_runs=runs,
+        voxel_neighbors=rng.integers(-1, v, (v, 3)))
+    torch.manual_seed(seed)
+    kw = {"latent_dim": 3, "hidden_dim": 8, "dropout": 0.0}
+    model = StimulusVAE((c, t), v, f, **kw) if vae2 else MultimodalVAE((c, t), v, **kw)
+    with torch.no_grad():  # make the variances matter too
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    units = None
+    if subset:  # a region of interest: every other unit
+        units = (np.unique(idx) if kind == "eeg" else np.arange(v))[::2]
+    fast = occlusion_effects(model, data, kind=kind, baseline=baseline, context=context,
+                             batch_size=batch, n_null=20, n_boot=10, seed=seed, units=units)
+    ref = naive_occlusion(model, data, kind=kind, baseline=baseline, context=context,
+                          units=units)
+    for a_, b_ in zip(fast, ref):
+        assert a_.head == b_.head and np.array_equal(a_.units, b_.units)
+        for key in ("smd", "kl", "dll"):
+            x, y = getattr(a_, key), getattr(b_, key)
+            np.testing.assert_allclose(x, y, atol=1e-5, rtol=1e-5, err_msg=key)
+
+
+# ---------------------------------------------------------------- pieces
+def test_baselines():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 2, 5)).astype(np.float32)
+    data = MaskingData(x, rng.standard_normal((3, 4)).astype(np.float32), np.zeros((3, 1)),
+                       np.arange(15).reshape(3, 5), window_runs=np.array([0, 0, 1]),
+                       voxel_neighbors=np.array([[1, -1], [0, 2], [-1, -1], [2, 1]]))
+    cond = compute_baseline(data, "eeg", "conditional")
+    np.testing.assert_allclose(cond[:, :, 2], (x[:, :, 1] + x[:, :, 3]) / 2, rtol=1e-6)
+    np.testing.assert_allclose(cond[:, :, 0], x[:, :, 1], rtol=1e-6)
+    mean = compute_baseline(data, "eeg", "mean")
+    np.testing.assert_allclose(mean[0, 1, 0], x[:2, 1].mean(), rtol=1e-5)
+    vc = compute_baseline(data, "fmri", "conditional")
+    np.testing.assert_allclose(vc[:, 3], data.x_fmri[:, [2, 1]].mean(axis=1), rtol=1e-6)
+    np.testing.assert_allclose(vc[:, 2], [data.x_fmri[:2, 2].mean()] * 2 + [data.x_fmri[2, 2]],
+                               rtol=1e-5)
+    with pytest.raises(ValueError, match="baseline"):
+        compute_baseline(data, "eeg", "median")
+
+
+def test_likelihood_algebra_and_statistics():
+    rng = np.random.default_rng(0)
+    m0, m1, l0, l1, y = (rng.standard_normal((6, 3, 2)) for _ in range(5))
+    a, b, c = mst.loglik_coefficients(m0, l0, m1, l1)
+    direct = (mst.gaussian_loglik(y, m1, l1) - mst.gaussian_loglik(y, m0, l0)).sum(-1)
+    np.testing.assert_allclose(mst.loglik_change(y, a, b, c), direct, atol=1e-10)
+    # the equal-variance shortcut gives the general formulas' values
+    lv = np.broadcast_to(l0[0], m0.shape)
+    smd, kl, b2, c2, dll = mst.homoscedastic_stats(m0, m1, l0[0], y)
+    np.testing.assert_allclose((smd, kl), mst.predictive_change(m0, lv, m1, lv), atol=1e-12)
+    a3, b3, c3 = mst.loglik_coefficients(m0, lv, m1, lv)
+    for got, want in ((b2, b3), (c2, c3), (dll, mst.loglik_change(y, a3, b3, c3))):
+        np.testing.assert_allclose(got, want, atol=1e-12)
+    # bootstrap interval covers the true mean at about the nominal rate
+    starts = np.arange(0, 4001, 40)
+    vals = rng.standard_normal((4000, 1)) + 2.0
+    lo, hi = mst.bootstrap_ci(vals, starts, 400, rng)
+    coverage = np.mean((lo <= 2.0) & (2.0 <= hi))
+    assert 0.88 <= coverage <= 0.99
+    lo, hi = mst.normal_ci(vals, starts)
+    assert 0.9 <= np.mean((lo <= 2.0) & (2.0 <= hi)) <= 0.99
+    # permutation p-values are uniform when observed and null share a distribution
+    obs = rng.standard_normal((500, 1))
+    null = rng.standard_normal((199, 500, 1))
+    for method in ("permutation", "gaussian"):
+        p, _ = mst.permutation_pvalues(obs, null, method=method)
+        assert stats.kstest(p.ravel(), "uniform").pvalue > 0.01
+    q = mst.fdr(np.array([0.01, np.nan, 0.04, 0.5]))
+    assert np.isnan(q[1]) and np.allclose(q[[0, 2, 3]], [0.03, 0.06, 0.5])
+    assert auroc(np.array([1, 2, 3, 4]), np.array([0, 0, 1, 1])) == 1.0
+
+
+def _window_set(data: MaskingData, sfreq: float = 25.0):
+    from bids_app.models.windows import WindowSet
+
+    n = data.n_windows
+    meta = pd.DataFrame({"subject": "01", "session": "01", "task": "tp", "run": "01",
+                         "volume": np.arange(n), "time_s": (np.arange(n) * S + T) / sfreq,
+                         "has_stimulus": True})
+    ijk = np.stack(np.unravel_index(np.arange(V), (3, 2, 2)), axis=1) + 1
+    affine = np.diag([3.0, 3.0, 3.0, 1.0])
+    affine[:3, 3] = -9.0
+    return WindowSet(data.x_eeg, data.x_fmri, meta, [f"E{c}" for c in range(C)], sfreq, ijk,
+                     affine, (5, 4, 4), stimulus=data.stimulus,
+                     feature_names=["luminance", "motion"])
+
+
+def test_workflow_writes_loadable_outputs(planted, tmp_path):
+    import mne
+    import mne_bids
+    import nibabel as nib
+
+    from bids_app.config import Config
+    from bids_app.io.derivatives import DerivativesWriter
+    from bids_app.workflows.masking import run_masking_workflow
+    from bids_app.workflows.models import ModelsResult
+
+    test, truth, _, (vae1, vae2) = planted
+    config = Config().replace("masking", windows="all", n_null=1000, n_boot=50,
+                              effects_rows="all")
+    config = config.replace("execution", device="cpu", output_dir=tmp_path)
+    writer = DerivativesWriter(tmp_path, config)
+    models = ModelsResult(_window_set(test), {}, {}, {}, vae1, vae2)
+    result = run_masking_workflow(models, config, writer)
+    events = result.paths["events:01/01/tp/01"]
+    assert events.name == "sub-01_ses-01_task-tp_run-01_desc-vaemask_events.tsv"
+    kwargs = mne_bids.events_file_to_annotation_kwargs(events)
+    annot = mne.Annotations(kwargs["onset"], kwargs["duration"], kwargs["description"])
+    assert len(annot) >= 1 and all(d.startswith("vaemask/") for d in annot.description)
+    # annotated segments overlap the planted response timestamps of their features
+    step = 1 / 25.0
+    hits = []
+    for onset, dur, desc in zip(annot.onset, annot.duration, annot.description):
+        stamps = np.arange(int(round(onset / step)), int(round((onset + dur) / step)))
+        feats = [["luminance", "motion"].index(f) for f in desc.split("/")[1].split("+")]
+        hits.append(any(truth[f, stamps].any() for f in feats))
+    assert np.mean(hits) >= 0.8
+    tidy = pd.read_parquet(result.paths["effects_parquet"])
+    assert set(tidy["model"]) == {"vae1", "vae2"} and tidy["q"].max() <= 1
+    # parquet: every unit x output; TSV: non-cross heads + significant cross effects
+    assert len(tidy) == sum(e.smd.size for e in result.effects)
+    tsv = pd.read_csv(result.paths["effects"], sep="\t", na_values="n/a")
+    assert len(tsv) == len(tidy)
+    # default "significant": non-cross heads + cross effects with q < fdr_q in both files
+    config = config.replace("masking", effects_rows="significant")
+    res2 = run_masking_workflow(models, config, DerivativesWriter(tmp_path / "s", config))
+    small = pd.read_parquet(res2.paths["effects_parquet"])
+    tsv = pd.read_csv(res2.paths["effects"], sep="\t", na_values="n/a")
+    cross = tidy[tidy["head"] == "cross"]
+    assert len(small) == len(tsv) < len(tidy)
+    assert (tsv["head"] != "cross").sum() == (tidy["head"] != "cross").sum()
+    assert (tsv["head"] == "cross").sum() == (cross["q"] < config.masking.fdr_q).sum() > 0
+    assert result.paths["statmap_q"].name.startswith("space-MNI152NLin2009cAsym_res-3_")
+    sidecar = pd.read_json(result.paths["effects"].with_suffix(".json"), typ="series")
+    assert all(col in sidecar.index for col in tidy.columns)
+    q_img = nib.load(result.paths["statmap_q"])
+    assert q_img.shape == (5, 4, 4)
+    vox = pd.read_csv(result.paths["voxels"], sep="\t")
+    assert {"x", "y", "z", "features", "q_vae1", "q_vae2"} <= set(vox.columns)
+    # the group report renders with the masking results (and without any results)
+    from bids_app.report.group import write_group_report
+
+    html = write_group_report(models, result, config, writer).read_text()
+    assert "Masking summary" in html and "timeline" in html and "<svg" not in html
+    assert (tmp_path / "group" / "figures" / "voxel_effect.svg").exists()
+    assert "did not run" in write_group_report(None, None, config, writer).read_text()
+
+
+def test_exact_null_moments_match_draws():
+    rng = np.random.default_rng(5)
+    n, g, k = 30, 3, 4
+    m0, m1, l0, l1 = (rng.standard_normal((n, g, k)) * 0.5 for _ in range(4))
+    a, b, c = mst.loglik_coefficients(m0, l0, m1, l1)
+    pool = rng.standard_normal((50, g, k)) + rng.standard_normal((50, 1, k))  # correlated
+    starts = np.array([0, 4, 11, 30])
+    mean, sd = mst.null_moments(a, b, c, mst.pool_moments(pool), starts)
+    draws = mst.null_draws(a, b, c, pool, starts, 20000, rng)
+    np.testing.assert_allclose(mean, draws.mean(axis=0), atol=4 * sd.max() / np.sqrt(20000))
+    np.testing.assert_allclose(sd, draws.std(axis=0), rtol=0.05)
+
+
+def test_linear_null_moments_equal_brute_force():
+    """Homoscedastic (a=None) null moments equal a per-occurrence loop over windows."""
+    rng = np.random.default_rng(6)
+    n, g, k, n_pool = 25, 3, 5, 40
+    m0, m1 = (rng.standard_normal((n, g, k)) for _ in range(2))
+    lv = rng.standard_normal((g, k)) * 0.3
+    pool = rng.standard_normal((n_pool, g, k)) + rng.standard_normal((n_pool, 1, k))
+    starts = np.array([0, 1, 9, 25])
+    _, _, b, c, _ = mst.homoscedastic_stats(m0, m1, lv)
+    mean, sd = mst.null_moments(None, b, c, mst.pool_moments(pool), starts)
+    # brute force: dll_i(y) over every pool window, mean and population variance per i
+    dll = (b[:, None] * pool[None] + c[:, None]).sum(axis=-1)  # (n, n_pool, g)
+    e_i, v_i = dll.mean(axis=1), dll.var(axis=1)
+    for u in range(len(starts) - 1):
+        sl = slice(starts[u], starts[u + 1])
+        n_u = starts[u + 1] - starts[u]
+        np.testing.assert_allclose(mean[u], -e_i[sl].mean(axis=0), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(sd[u], np.sqrt(v_i[sl].sum(axis=0)) / n_u, rtol=1e-10)
+    draws = mst.null_draws(None, b, c, pool, starts, 20000, rng)
+    np.testing.assert_allclose(sd, draws.std(axis=0), rtol=0.05)
+
+
+def test_fdr_and_segment_sums_equal_references():
+    """Own BH step-up equals scipy's; slice segment sums equal ``np.add.reduceat``."""
+    rng = np.random.default_rng(7)
+    p = rng.random((40, 30)) ** 3
+    p[0, :5] = p[1, :5]  # ties
+    p[2, 3] = np.nan
+    q = mst.fdr(p)
+    ok = np.isfinite(p)
+    np.testing.assert_allclose(q[ok], stats.false_discovery_control(p[ok], method="bh"),
+                               rtol=1e-12)
+    assert np.isnan(q[2, 3])
+    starts = np.array([0, 1, 5, 6, 40])
+    for shape in ((40, 70), (40, 3, 30), (40, 2)):
+        v = rng.standard_normal(shape)
+        np.testing.assert_allclose(mst.segment_sum(v, starts),
+                                   np.add.reduceat(v, starts[:-1], axis=0), rtol=1e-12)
+
+
+def test_window_selection_keeps_observed_stimulus(planted, tmp_path, caplog):
+    """Held-out windows without stimulus are dropped; partly observed features untested."""
+    from bids_app.config import Config
+    from bids_app.io.derivatives import DerivativesWriter
+    from bids_app.workflows.masking import _select_windows, masking_data, run_masking_workflow
+    from bids_app.workflows.models import ModelsResult
+
+    test, _, _, (vae1, vae2) = planted
+    ws = _window_set(test)
+    n = len(ws)
+    stim = np.array(ws.stimulus, dtype=np.float32)
+    stim[: n // 4] = np.nan  # no stimulus at all (e.g. a rest run)
+    stim[n // 4 : n // 2, 1] = np.nan  # motion undefined (e.g. a checkerboard run)
+    ws.stimulus = stim
+    split = {"train": np.arange(0), "val": np.arange(0), "test": np.arange(n)}
+    models = ModelsResult(ws, split, split, {}, vae1, vae2)
+    config = Config().replace("masking", windows="test", n_boot=0)
+    config = config.replace("execution", device="cpu", output_dir=tmp_path)
+    idx = _select_windows(models, config)
+    np.testing.assert_array_equal(idx, np.arange(n // 4, n))
+    data, _ = masking_data(ws, idx)
+    assert np.isfinite(data.stimulus[:, 0]).all() and np.isnan(data.stimulus[:, 1]).all()
+    result = run_masking_workflow(models, config, DerivativesWriter(tmp_path, config))
+    stim_eff = result.head("eeg", "vae2", "stimulus")
+    assert np.isfinite(stim_eff.p[:, 0]).all() and np.isnan(stim_eff.q[:, 1]).all()
+    assert (stim_eff.q[:, 0] < 0.05).any()  # luminance still detected on its windows
+    # no window with a stimulus: masking is skipped with a warning, not a crash
+    ws.stimulus = np.full_like(stim, np.nan)
+    with caplog.at_level("WARNING"):
+        assert run_masking_workflow(models, config, DerivativesWriter(tmp_path, config)) is None
+    assert "masking skipped" in caplog.text
