@@ -64,11 +64,10 @@ class EEGConfig:
     montage: str = "standard_1005"
     # gradient artifact (FASTR-class)
     gradient: bool = True
-    gradient_window: int = 30
+    gradient_window: int = 60  # slice artifacts on each side, Hann-weighted
     gradient_upsample: int = 10
     gradient_obs_components: str | int = "auto"
     gradient_lowpass: float = 70.0
-    gradient_anc: bool = False
     # pulse / ballistocardiogram artifact
     bcg: bool = True
     bcg_obs_components: int = 4
@@ -106,6 +105,7 @@ class FMRIConfig:
     fd_threshold_mm: float = 0.5
     dvars_threshold: float = 1.5
     nonlinear: bool = True
+    registration_resolution_mm: float = 3.0
 
 
 @dataclass(frozen=True)
@@ -123,6 +123,8 @@ class SourceConfig:
     snr: float = 3.0
     subjects_dir: Path | None = None
     source_spacing_mm: float = 10.0
+    noise_cov: str = "diagonal"
+    noise_cov_baseline_s: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,11 @@ class CouplingConfig:
     hrf_model: str = "spm"
     high_pass_hz: float = 0.01
     fdr_q: float = 0.05
+    noise_model: str = "ar1"
+    confounds: tuple[str, ...] = (
+        "trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z", "csf", "white_matter",
+    )
+    n_peaks: int = 5
 
 
 @dataclass(frozen=True)
@@ -144,6 +151,9 @@ class ModelConfig:
     hidden_dim: int = 256
     fusion: str = "poe"
     beta: float = 1.0
+    cross_weight: float = 0.3
+    pca_init: bool = False
+    stimulus_beta: float = 0.01
     epochs: int = 60
     batch_size: int = 64
     learning_rate: float = 1e-3
@@ -153,6 +163,9 @@ class ModelConfig:
     val_fraction: float = 0.2
     test_fraction: float = 0.2
     stimulus_fps: float = 10.0
+    # voxel size (mm) of the group windows' fMRI (block average inside the group mask);
+    # 0 or at most the derivatives' voxel size keeps their grid
+    fmri_resolution_mm: float = 6.0
 
 
 @dataclass(frozen=True)
@@ -164,6 +177,17 @@ class MaskingConfig:
     n_null: int = 200
     fdr_q: float = 0.05
     batch_size: int = 4096
+    # "single": posterior of the masked modality alone (cross-modal prediction);
+    # "joint": both modalities in the posterior.
+    context: str = "single"
+    n_boot: int = 200
+    # "test": held-out windows (valid tests); "all": every window
+    windows: str = "test"
+    # "gaussian": normal tail of the null-standardised statistic; "permutation": empirical
+    pvalue: str = "gaussian"
+    # rows of desc-vaemask_effects: "significant" (latent and stimulus heads, cross-modal
+    # effects with q < fdr_q) or "all" (every EEG timestamp x voxel pair: very large)
+    effects_rows: str = "significant"
 
 
 @dataclass(frozen=True)
