@@ -76,26 +76,22 @@ def run_group_level(config: Any, *, stages: dict[str, Any] = STAGES
     writer = DerivativesWriter(output_dir, config)
     result = LevelResult()
     logger.info("Group level on %d subject(s): %s", len(subjects), ", ".join(subjects))
-    models = masking = None
-    func = load_stage("models", stages, result.stages_unavailable)
-    if func is not None:
-        models = call_stage("models", func, (output_dir, config, writer), label="group",
-                            output_dir=output_dir, failures=result.failures)
-    if models is not None:
-        result.stages_run.add("models")
-        func = load_stage("masking", stages, result.stages_unavailable)
-        if func is not None:
-            masking = call_stage("masking", func, (models, config, writer), label="group",
-                                 output_dir=output_dir, failures=result.failures)
-            if masking is not None:
-                result.stages_run.add("masking")
-    func = load_stage("group_report", stages, result.stages_unavailable)
-    if func is not None:
-        path = call_stage("group_report", func, (models, masking, config, writer),
-                          label="group", output_dir=output_dir, failures=result.failures)
-        if path is not None:
-            result.reports.append(Path(path))
-            result.stages_run.add("group_report")
+    def run(name: str, *args: Any) -> Any:
+        """Run one stage if it is available; record it as run when it returns a result."""
+        func = load_stage(name, stages, result.stages_unavailable)
+        if func is None:
+            return None
+        out = call_stage(name, func, args, label="group", output_dir=output_dir,
+                         failures=result.failures)
+        if out is not None:
+            result.stages_run.add(name)
+        return out
+
+    models = run("models", output_dir, config, writer)
+    masking = run("masking", models, config, writer) if models is not None else None
+    path = run("group_report", models, masking, config, writer)
+    if path is not None:
+        result.reports.append(Path(path))
     logger.info("Group level done: stages run: %s; unavailable: %s; %d failure(s).",
                 ", ".join(sorted(result.stages_run)) or "none",
                 ", ".join(sorted(result.stages_unavailable)) or "none", len(result.failures))

@@ -56,7 +56,7 @@ def test_version_help_and_labels(capsys):
     assert __version__ in capsys.readouterr().out
     assert main(["--help"]) == 0
     assert main(["simulate", "--help"]) == 0
-    args = build_parser().parse_args(["/", "/tmp/o", "participant", "--participant-label",
+    args = build_parser().parse_args(["/", "out", "participant", "--participant-label",
                                       "sub-01", "02", "--task-label", "task-tp"])
     assert args.participant_label == ["01", "02"] and args.task_label == ["tp"]
 
