@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import mne
 import numpy as np
-from scipy import signal
+from scipy import linalg, signal
 
+from bids_app.eeg.kernels import copy_for_rewrite, n_threads, zero_phase
 from bids_app.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -75,6 +77,32 @@ class BCGReport:
 def _block_mean(data: np.ndarray, q: int) -> np.ndarray:
     n = data.shape[-1] // q * q
     return data[..., :n].reshape(*data.shape[:-1], -1, q).mean(axis=-1)
+
+
+def _map(func, items: list) -> list:
+    """``[func(i) for i in items]``, one thread per item when there are several."""
+    if len(items) < 2:
+        return [func(i) for i in items]
+    with ThreadPoolExecutor(max_workers=len(items)) as pool:
+        return list(pool.map(func, items))
+
+
+def _block_mean_rows(data: np.ndarray, rows, q: int) -> np.ndarray:
+    """Block means of ``data[rows]`` (row by row: no copy of the full-rate rows)."""
+    n = data.shape[-1] // q * q
+    return np.stack([data[r, :n].reshape(-1, q).mean(axis=-1) for r in rows])
+
+
+def _subtract_upsampled(src: np.ndarray, dst: np.ndarray, rows, low: np.ndarray,
+                        q: int) -> None:  # fmt: skip
+    """``dst[rows] = src[rows] - low`` linearly interpolated from the block centres.
+
+    The block centres are ``k * q + (q - 1) / 2``; ``dst`` may be ``src`` (in place).
+    """
+    t_low = np.arange(low.shape[1]) * q + (q - 1) / 2.0
+    t_full = np.arange(src.shape[1], dtype=float)
+    for i, r in enumerate(rows):
+        np.subtract(src[r], np.interp(t_full, t_low, low[i]), out=dst[r])
 
 
 def _rr_ok(peaks: np.ndarray, sfreq: float) -> str:
@@ -132,8 +160,8 @@ def detect_qrs(ecg: np.ndarray, sfreq: float) -> tuple[np.ndarray, int, str]:
     peaks_low = win[np.arange(cand.size), np.argmax(band[win], axis=1)]
     peaks_low = np.unique(peaks_low)
     # back to the full rate: maximum of the polarity-corrected raw ECG near the block peak
-    lp = signal.sosfiltfilt(signal.butter(3, 40.0, "lowpass", fs=sfreq, output="sos"),
-                            np.asarray(ecg, dtype=float)) * polarity  # fmt: skip
+    lp = zero_phase(signal.butter(3, 40.0, "lowpass", fs=sfreq, output="sos"), ecg,
+                    padtype="odd", dtype=np.float64) * polarity  # fmt: skip
     full = peaks_low * q + q // 2
     win = np.clip(full[:, None] + np.arange(-2 * q, 2 * q + 1)[None, :], 0, lp.size - 1)
     peaks = win[np.arange(full.size), np.argmax(lp[win], axis=1)]
@@ -249,7 +277,11 @@ def obs_fit(x: np.ndarray, centres: np.ndarray, half: int, n_components: int,
     ramp = np.cos(0.25 * np.pi * (np.clip(dist / fade, -1, 1) + 1)) ** 2
     weight = ramp * inside
     trend, _ = np.linalg.qr(np.column_stack([np.ones(lags.size), lags / half]))
-    detrend = np.eye(lags.size) - trend @ trend.T
+
+    def detrend(v):  # projection removing offset and slope (cheaper than a matrix product)
+        return v - (v @ trend) @ trend.T
+
+    n_pcs = max(n_components - 1, 0)
     artifact = np.zeros_like(x)
     for c in range(x.shape[0]):
         mean = x[c][idx_c][full].mean(axis=0)  # the average beat: EEG averages out
@@ -257,13 +289,15 @@ def obs_fit(x: np.ndarray, centres: np.ndarray, half: int, n_components: int,
         # amplitude of the mean artifact per beat and the remaining variation, fitted on
         # data high-passed above the slow EEG (and detrended), so the fit cannot absorb it
         mean_hp = ep[full].mean(axis=0)
-        mean_d = mean_hp @ detrend
-        scale = (ep @ detrend @ mean_d) / max(float(mean_d @ mean_d), 1e-30)
-        resid = (ep - scale[:, None] * mean_hp) @ detrend
-        use = resid[full]
-        _, evecs = np.linalg.eigh(use.T @ use)
-        basis = evecs[:, ::-1][:, : max(n_components - 1, 0)]  # orthonormal: a projection
-        est = mean + (scale[:, None] - 1.0) * mean_d + (resid @ basis) @ basis.T
+        mean_d = detrend(mean_hp)
+        scale = (ep @ mean_d) / max(float(mean_d @ mean_d), 1e-30)
+        resid = detrend(ep - scale[:, None] * mean_hp)
+        est = mean + (scale[:, None] - 1.0) * mean_d
+        if n_pcs:
+            use = resid[full]
+            _, basis = linalg.eigh(use.T @ use, subset_by_index=[lags.size - n_pcs,
+                                                                  lags.size - 1])  # fmt: skip
+            est += (resid @ basis) @ basis.T  # orthonormal basis: a projection
         for parity in (0, 1):  # beats of one parity have disjoint supports
             rows = np.arange(parity, centres.size, 2)
             m = weight[rows] > 0
@@ -280,6 +314,7 @@ def remove_bcg_artifact(
     picks=None,
     fit_highpass: float = 1.0,
     copy: bool = True,
+    n_jobs: int | None = None,
     source: str | None = None,
 ) -> tuple[mne.io.BaseRaw, BCGReport]:
     """Remove the pulse (BCG) artifact with a per-channel optimal basis set.
@@ -302,6 +337,9 @@ def remove_bcg_artifact(
         is not absorbed; the mean beat is removed at full band.
     copy : bool
         Work on a copy of ``raw``.
+    n_jobs : int | None
+        Threads working on groups of channels (None: 1; -1: every CPU available); results
+        do not depend on it.
     source : str | None
         File name for error messages.
 
@@ -313,14 +351,17 @@ def remove_bcg_artifact(
         Beat source, heart rate, delay, polarity.
     """
     t0 = time.perf_counter()
-    raw = raw.copy() if copy else raw
+    raw, src = copy_for_rewrite(raw) if copy else (raw, raw._data)
     sfreq = raw.info["sfreq"]
     picks = mne.pick_types(raw.info, eeg=True, eog=True, exclude=()) if picks is None else \
         _pick_rows(raw, picks)  # fmt: skip
+    if src is not raw._data:  # the copy's picked rows are written below, the others now
+        rest = np.setdiff1d(np.arange(src.shape[0]), picks)
+        raw._data[rest] = src[rest]
     polarity, problem, origin = 0, "", "given"
     if events is None:
         if ecg_channel and ecg_channel in raw.ch_names:
-            events, polarity, problem = detect_qrs(raw.get_data(picks=[ecg_channel])[0], sfreq)
+            events, polarity, problem = detect_qrs(src[raw.ch_names.index(ecg_channel)], sfreq)
             origin = "ecg"
         else:
             problem = f"no channel named {ecg_channel!r}"
@@ -329,8 +370,7 @@ def remove_bcg_artifact(
                            problem)  # fmt: skip
             eeg = mne.pick_types(raw.info, eeg=True, exclude="bads")
             qe = max(1, int(sfreq // _WORK_SFREQ))
-            low = np.concatenate([_block_mean(raw._data[eeg[i : i + 8]], qe)
-                                  for i in range(0, len(eeg), 8)])  # fmt: skip
+            low = _block_mean_rows(src, eeg, qe)
             events = cardiac_from_eeg(low, sfreq / qe) * qe + qe // 2
             polarity, origin = 0, "eeg"
             if _rr_ok(events, sfreq):
@@ -341,23 +381,32 @@ def remove_bcg_artifact(
     events = np.sort(np.asarray(events, dtype=np.int64))
     q = max(1, int(sfreq // _WORK_SFREQ))
     fs = sfreq / q
-    data = raw._data  # corrected in place, row by row (no copy of the recording)
-    low = np.concatenate([_block_mean(data[picks[i : i + 8]], q)
-                          for i in range(0, len(picks), 8)])  # fmt: skip
-    low_hp = signal.sosfiltfilt(signal.butter(2, 0.5, "highpass", fs=fs, output="sos"), low)
+    data = src  # read row by row; corrected rows go to raw._data (the same array unless copy)
+    groups = np.array_split(np.arange(len(picks)), max(1, min(n_threads(n_jobs), len(picks))))
+    sos_delay = signal.butter(2, 0.5, "highpass", fs=fs, output="sos")
+    sos_fit = signal.butter(2, fit_highpass, "highpass", fs=fs, output="sos")
+
+    def prepare(g):  # block means at the work rate and their 0.5 Hz high-pass
+        low_g = _block_mean_rows(data, picks[g], q)
+        return low_g, zero_phase(sos_delay, low_g, padtype="odd", dtype=np.float64)
+
+    parts = _map(prepare, groups)
+    low_hp = np.concatenate([p[1] for p in parts])
     ev_low = events // q
     delay = _bcg_delay(low_hp, ev_low, fs)
-    rr = float(np.median(np.diff(events))) / sfreq
+    del low_hp
     half = int(0.5 * np.percentile(np.diff(events), 95) / q) + int(0.05 * fs)
-    low -= np.median(low, axis=1, keepdims=True)
-    fit_hp = signal.sosfiltfilt(signal.butter(2, fit_highpass, "highpass", fs=fs,
-                                              output="sos"), low)  # fmt: skip
-    artifact_low = obs_fit(low, ev_low + int(round(delay * fs)), half, n_components, fit_hp)
-    # back to the full rate by linear interpolation between block centres
-    t_low = np.arange(artifact_low.shape[1]) * q + (q - 1) / 2.0
-    t_full = np.arange(data.shape[1])
-    for i, c in enumerate(picks):
-        data[c] -= np.interp(t_full, t_low, artifact_low[i])
+    centres = ev_low + int(round(delay * fs))
+
+    def correct(args):  # OBS per channel at the work rate, then subtract at full rate
+        g, low_g = args
+        low_g -= np.median(low_g, axis=1, keepdims=True)
+        fit_hp = zero_phase(sos_fit, low_g, padtype="odd", dtype=np.float64)
+        artifact = obs_fit(low_g, centres, half, n_components, fit_hp)
+        _subtract_upsampled(data, raw._data, picks[g], artifact, q)
+
+    _map(correct, [(g, p[0]) for g, p in zip(groups, parts)])
+    rr = float(np.median(np.diff(events))) / sfreq
     report = BCGReport(
         source=origin, n_beats=int(events.size), heart_rate_bpm=60.0 / rr, delay_s=delay,
         ecg_polarity=int(polarity), n_components=n_components, ecg_problem=problem,

@@ -140,7 +140,8 @@ def run_eeg_workflow(run, config, writer) -> EEGResult:
             raw, marker=cfg.volume_marker, tr=tr, slice_timing=slice_timing,
             n_slices=None if slice_timing else nv.N_SLICES, window=cfg.gradient_window,
             upsample=cfg.gradient_upsample, obs_components=cfg.gradient_obs_components,
-            lowpass=cfg.gradient_lowpass, copy=False, source=str(run.eeg))
+            lowpass=cfg.gradient_lowpass, anc=cfg.gradient_anc, copy=False,
+            source=str(run.eeg), n_jobs=config.execution.omp_nthreads)
         trig = grad.triggers
         volume_onsets = grad.volume_onsets / sfreq
         steps.append({"name": "gradient", "parameters": {
@@ -148,7 +149,7 @@ def run_eeg_workflow(run, config, writer) -> EEGResult:
             "window": cfg.gradient_window, "upsample": cfg.gradient_upsample,
             "obs_components": cfg.gradient_obs_components, "lowpass": cfg.gradient_lowpass,
             "marker": cfg.volume_marker, "tr": tr, "slice_timing": slice_timing,
-            "anc": False},
+            "anc": cfg.gradient_anc},
             "result": grad.to_dict()})  # fmt: skip
         after, _ = qc.decimated(raw._data[eeg_picks], sfreq)
         scan = slice(int(volume_onsets[0] * sf_low), int((volume_onsets[-1] + (tr or nv.TR))
@@ -169,14 +170,17 @@ def run_eeg_workflow(run, config, writer) -> EEGResult:
     if cfg.bcg:
         _, bcg = remove_bcg_artifact(raw, ecg_channel=cfg.ecg_channel,
                                      n_components=cfg.bcg_obs_components, copy=False,
-                                     source=str(run.eeg))  # fmt: skip
+                                     source=str(run.eeg),
+                                     n_jobs=config.execution.omp_nthreads)  # fmt: skip
         steps.append({"name": "bcg", "parameters": {
             "method": "OBS per channel around cardiac events", "n_components":
             cfg.bcg_obs_components, "ecg_channel": cfg.ecg_channel}, "result": bcg.to_dict()})
         after, _ = qc.decimated(raw._data[eeg_picks], sfreq)
         events = np.asarray(bcg.events_s)
-        metrics["bcg_locked_residual_ratio"] = qc.bcg_metrics(before, after, sf_low, events)
-        worst = int(np.argmax(np.var(qc.cardiac_locked(before, sf_low, events), axis=1)))
+        locked_before = qc.cardiac_locked(before, sf_low, events)
+        metrics["bcg_locked_residual_ratio"] = qc.bcg_metrics(
+            before, after, sf_low, events, locked_before=locked_before)
+        worst = int(np.argmax(np.var(locked_before, axis=1)))
         figs["bcg"] = _fig_epochs(before[worst], after[worst], sf_low, events, 0.8,
                                   f"Cardiac-locked average, {names[worst]}")
         qc_summary["heart_rate_bpm"] = bcg.heart_rate_bpm
@@ -184,9 +188,8 @@ def run_eeg_workflow(run, config, writer) -> EEGResult:
     raw_clean, report = clean_eeg(raw, cfg, random_state=config.execution.random_seed)
     del raw
     steps.extend(report.steps)
-    figs["psd"] = _fig_psd(qc.decimated(before, sf_low, 250.0)[0],
-                           raw_clean.get_data(), qc.decimated(before, sf_low, 250.0)[1],
-                           raw_clean.info["sfreq"])  # fmt: skip
+    before_psd, sf_psd = qc.decimated(before, sf_low, 250.0)
+    figs["psd"] = _fig_psd(before_psd, raw_clean.get_data(), sf_psd, raw_clean.info["sfreq"])
     if report.ica is not None and report.ica.exclude:
         comp_figs = report.ica.plot_components(picks=report.ica.exclude, show=False)
         figs["ica"] = comp_figs[0] if isinstance(comp_figs, list) else comp_figs

@@ -100,3 +100,25 @@ def test_flat_ecg_falls_back_and_no_heartbeat_raises(rec):
     noise._data[noise.ch_names.index("ECG")] = 0.0
     with pytest.raises(InputError, match="run.set.*heartbeat"):
         remove_bcg_artifact(noise, picks=PICKS[:3], source="run.set")
+
+
+def test_upsampling_equals_interp_and_threads_do_not_change_results(rec):
+    from bids_app.eeg.cardiac import _subtract_upsampled
+
+    rng = np.random.default_rng(4)
+    low = rng.standard_normal((2, 103))
+    src = rng.standard_normal((3, 103 * 10 + 7))
+    dst = np.zeros_like(src)
+    _subtract_upsampled(src, dst, [0, 2], low, 10)
+    t_low = np.arange(103) * 10 + 4.5
+    for i, r in enumerate((0, 2)):
+        expected = src[r] - np.interp(np.arange(src.shape[1]), t_low, low[i])
+        np.testing.assert_allclose(dst[r], expected, rtol=0, atol=1e-12)
+    before = rec.raw.get_data().copy()
+    events = np.round(rec.art.r_peaks_s * SFREQ).astype(int)
+    a, _ = remove_bcg_artifact(rec.raw, picks=PICKS[:4], events=events, n_jobs=1)
+    b, _ = remove_bcg_artifact(rec.raw, picks=PICKS[:4], events=events, n_jobs=2)
+    np.testing.assert_array_equal(a.get_data(), b.get_data())
+    np.testing.assert_array_equal(rec.raw.get_data(), before)  # copy=True leaves the input
+    others = np.setdiff1d(np.arange(len(rec.raw.ch_names)), PICKS[:4])
+    np.testing.assert_array_equal(a.get_data()[others], before[others])

@@ -96,16 +96,17 @@ def test_slice_harmonics_suppressed(rec, ours):
 def test_full_band_obs_reduces_high_frequency_residual(rec):
     sl = _scan(rec)
     hf = {}
-    for comps in (0, "auto"):
+    for key, comps, anc in ((0, 0, False), ("auto", "auto", False), ("anc", "auto", True)):
         out, report = remove_gradient_artifact(rec.raw, slice_timing=nv.slice_timing(),
                                                tr=nv.TR, picks=PICKS[:4], lowpass=None,
-                                               obs_components=comps)  # fmt: skip
+                                               obs_components=comps, anc=anc)  # fmt: skip
         err = out.get_data()[PICKS[:4]][:, sl] - rec.clean[PICKS[:4]][:, sl]
-        hf[comps] = np.sqrt(np.mean(band(err - rec.art.noise[PICKS[:4]][:, sl], 100, 2000) ** 2))
+        hf[key] = np.sqrt(np.mean(band(err - rec.art.noise[PICKS[:4]][:, sl], 100, 2000) ** 2))
         if comps == "auto":
             assert all(1 <= n <= 10 for n in report.obs_components.values())
-    print("HF residual (uV):", {k: v * 1e6 for k, v in hf.items()})
+    print("HF residual (uV):", {k: round(v * 1e6, 4) for k, v in hf.items()})
     assert hf["auto"] < 0.9 * hf[0]
+    assert hf["anc"] < 0.99 * hf["auto"]  # ANC after the OBS removes a little more
 
 
 def test_ecg_and_eog_channels_corrected(rec):
@@ -173,3 +174,78 @@ def test_truncated_recording_is_corrected():
     grad = rec.art.gradient[PICKS[:3], :stop]
     tail = slice(int(rec.volume_onsets[-1]), stop - 300)  # the cut volume
     assert np.sqrt(np.mean(err[:, tail] ** 2)) < 0.01 * np.sqrt(np.mean(grad[:, tail] ** 2))
+
+
+# --- speed-related implementation details: exactness, threads, copies, ANC ----------------
+from bids_app.eeg.anc import adaptive_noise_cancel  # noqa: E402
+from bids_app.eeg.kernels import zero_phase  # noqa: E402
+
+
+@pytest.mark.parametrize("kernel", ["compiled", "public"])
+def test_zero_phase_equals_sosfiltfilt(kernel, monkeypatch):
+    if kernel == "public":  # the fallback used when scipy's private kernel moves
+        monkeypatch.setattr("bids_app.eeg.kernels._SOSFILT", None)
+    x = np.random.default_rng(0).standard_normal((3, 20000)).cumsum(axis=1)
+    for sos in (signal.butter(2, 5.0, "highpass", fs=SFREQ, output="sos"),
+                signal.butter(4, 70.0, "lowpass", fs=SFREQ, output="sos")):  # fmt: skip
+        for padtype, padlen in (("odd", None), ("even", 500)):
+            ref = signal.sosfiltfilt(sos, x, padtype=padtype, padlen=padlen)
+            exact = zero_phase(sos, x, padtype=padtype, padlen=padlen, dtype=np.float64)
+            fast = zero_phase(sos, x, padtype=padtype, padlen=padlen)
+            scale = np.abs(ref).max()
+            assert np.abs(exact - ref).max() < 1e-10 * scale
+            assert fast.dtype == np.float32 and np.abs(fast - ref).max() < 2e-3 * scale
+
+
+def test_threads_chunks_and_copy_do_not_change_results(rec):
+    before = rec.raw.get_data().copy()
+    kw = dict(slice_timing=nv.slice_timing(), tr=nv.TR, picks=PICKS[:5])
+    a, _ = remove_gradient_artifact(rec.raw, n_jobs=1, chunk_channels=5, **kw)
+    b, _ = remove_gradient_artifact(rec.raw, n_jobs=2, chunk_channels=2, **kw)
+    np.testing.assert_array_equal(a.get_data(), b.get_data())
+    np.testing.assert_array_equal(rec.raw.get_data(), before)  # copy=True leaves the input
+    others = np.setdiff1d(np.arange(len(rec.raw.ch_names)), PICKS[:5])
+    np.testing.assert_array_equal(a.get_data()[others], before[others])
+
+
+def test_adaptive_noise_cancel_removes_leak_and_keeps_eeg():
+    rng = np.random.default_rng(1)
+    n = 100_000
+    ref = rng.standard_normal((2, n))
+    eeg = lowpass(rng.standard_normal((2, n)), 40.0)
+    leak = 0.3 * np.roll(band(ref, 100, 2000), 40, axis=-1)  # delayed, filtered reference
+    out = adaptive_noise_cancel(eeg + leak, ref, SFREQ, span=280)
+    inner = slice(5000, n - 5000)
+    left = band(out - eeg, 100, 2000)[:, inner]
+    assert np.sqrt(np.mean(left**2)) < 0.05 * np.sqrt(np.mean(leak[:, inner] ** 2))
+    kept = lowpass(out - eeg - leak, 40.0)[:, inner]
+    assert np.sqrt(np.mean(kept**2)) < 1e-3 * np.sqrt(np.mean(eeg[:, inner] ** 2))
+
+
+def test_anc_on_simulated_recording(rec, ours):
+    """ANC (off by default) leaves the low-passed output as close to the truth as without.
+
+    On these data the template and OBS leave almost nothing for ANC to remove after the
+    70 Hz low-pass; its effect shows on the full-band output (next test).
+    """
+    sl = _scan(rec)
+    out, report = remove_gradient_artifact(rec.raw, slice_timing=nv.slice_timing(), tr=nv.TR,
+                                           picks=PICKS, anc=True)  # fmt: skip
+    assert report.anc and report.anc_taps > 1 and report.to_dict()["anc"] is True
+    corrected = out.get_data()[PICKS]
+    ratio, ratio_off = _error_ratio(rec, corrected, sl), _error_ratio(rec, ours[0], sl)
+    expected = lowpass(rec.clean[PICKS] + rec.art.noise[PICKS])[:, sl]
+    freqs = np.fft.rfftfreq(expected.shape[1], 1 / SFREQ)
+    near = np.abs(freqs - 3 * nv.N_SLICES / 2.1075) < 0.3
+
+    def harmonic(x):  # residual power at the 3rd slice harmonic (54 Hz)
+        return (np.abs(np.fft.rfft(x[:, sl] - expected, axis=1)) ** 2)[:, near].sum()
+
+    gain = harmonic(ours[0]) / harmonic(corrected)
+    # where ANC acts: above the EEG band, in the low-pass's transition band
+    res = {k: np.sqrt(np.mean(band(x[:, sl] - expected, 75, 250) ** 2))
+           for k, x in (("off", ours[0]), ("on", corrected))}  # fmt: skip
+    print(f"ANC: error/noise {ratio_off:.4f} -> {ratio:.4f}; 54 Hz residual power / {gain:.3f}"
+          f"; 75-250 Hz residual {1e9 * res['off']:.1f} -> {1e9 * res['on']:.1f} nV")
+    assert ratio <= ratio_off + 1e-3
+    assert gain >= 0.999 and res["on"] <= 1.001 * res["off"]
