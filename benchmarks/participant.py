@@ -9,15 +9,22 @@ model) with an MNI BOLD whose planted voxels follow their source's power, then c
 * GLM engines: the vectorised AR(1) GLM of ``bids_app.coupling`` against nilearn's
   ``run_glm`` (same model) on the full 3 mm brain: time and agreement of z maps.
 
+With ``--stage-times LOG [LOG ...]`` it instead tabulates the per-stage and per-step times
+that participant-level logs (``output_dir/logs/eegfmri-*-participant.log``) record, one
+column per log (e.g. before/after a change, on the demo dataset).
+
 Usage::
 
     python benchmarks/participant.py [--volumes 127] [--seed 0]
+    python benchmarks/participant.py --stage-times before.log after.log
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import time
+from pathlib import Path
 
 import mne
 import nibabel as nib
@@ -107,11 +114,42 @@ def compare_glm(bold, times, onsets, raw, mask) -> tuple[float, float, float]:
     return t_ours, t_nl, float(np.corrcoef(z_ours, z_nl)[0, 1])
 
 
+_TIMED = re.compile(r"(?:Stage '(?P<stage>\w+)' of \S+|fMRI step (?P<step>\w+)) done in "
+                    r"(?P<s>[0-9.]+) s")
+
+
+def stage_times(log: Path) -> dict[str, list[float]]:
+    """Seconds of every participant stage (``eeg`` ...) and fMRI step in a log, per run."""
+    out: dict[str, list[float]] = {}
+    for line in Path(log).read_text().splitlines():
+        m = _TIMED.search(line)
+        if m:
+            name = m["stage"] or f"fmri: {m['step']}"
+            out.setdefault(name, []).append(float(m["s"]))
+    return out
+
+
+def print_stage_times(logs: list[Path]) -> None:
+    """Markdown table: total seconds (and number of runs) of each stage, one column per log."""
+    tables = [stage_times(log) for log in logs]
+    names = list(dict.fromkeys(n for t in tables for n in t))
+    print("| stage | " + " | ".join(Path(log).name for log in logs) + " |")
+    print("|---|" + "---|" * len(logs))
+    for name in names:
+        cells = [f"{sum(t[name]):.1f} s ({len(t[name])})" if name in t else "-" for t in tables]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--volumes", type=int, default=127)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--stage-times", nargs="+", type=Path, metavar="LOG",
+                        help="tabulate stage times of participant logs instead")
     args = parser.parse_args()
+    if args.stage_times:
+        print_stage_times(args.stage_times)
+        return
     data = simulate(args.volumes, args.seed)
     print(f"## Inverse methods (task tp, {args.volumes} volumes, 250 Hz, 61 channels)\n")
     print("| method | source | localisation error (mm) | coupling AUROC | maps time (s) |")

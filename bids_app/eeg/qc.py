@@ -101,9 +101,14 @@ def cardiac_locked(x: np.ndarray, sfreq: float, events_s: np.ndarray,
 
 
 def bcg_metrics(before: np.ndarray, after: np.ndarray, sfreq: float,
-                events_s: np.ndarray) -> np.ndarray:  # fmt: skip
-    """Per-channel RMS of the cardiac-locked average after / before BCG removal."""
-    lb, la = cardiac_locked(before, sfreq, events_s), cardiac_locked(after, sfreq, events_s)
+                events_s: np.ndarray, *, locked_before: np.ndarray | None = None
+                ) -> np.ndarray:  # fmt: skip
+    """Per-channel RMS of the cardiac-locked average after / before BCG removal.
+
+    ``locked_before`` is ``cardiac_locked(before, sfreq, events_s)`` when already computed.
+    """
+    lb = cardiac_locked(before, sfreq, events_s) if locked_before is None else locked_before
+    la = cardiac_locked(after, sfreq, events_s)
     return np.sqrt(np.mean(la**2, axis=1) / np.maximum(np.mean(lb**2, axis=1), 1e-30))
 
 

@@ -28,6 +28,10 @@ from scipy import ndimage
 logger = logging.getLogger(__name__)
 
 MOTION_COLUMNS: tuple[str, ...] = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
+#: Target number of sample points of the realignment cost (the smoothed reference is
+#: oversampled, so more points add time, not accuracy: planted-motion errors stay < 0.1 mm
+#: and < 0.1 degree at this density).
+SAMPLE_POINTS = 20_000
 
 
 def rotation_matrix(angles: np.ndarray) -> np.ndarray:
@@ -139,8 +143,9 @@ def realign(
     smooth_fwhm_mm : float
         Gaussian smoothing applied to both images before matching (SPM default 5 mm).
     stride : int | None
-        Subsampling of the reference grid for the sample points (None: 1 when the image
-        has fewer than 100 000 voxels with signal, else 2).
+        Subsampling of the reference grid for the sample points (None: the stride that
+        leaves about ``SAMPLE_POINTS`` points with signal, at least 1; a 64 x 64 x 38
+        NATVIEW volume gets 2).
     max_iter : int
         Gauss-Newton iterations per volume.
     tol : float
@@ -168,7 +173,7 @@ def realign(
     thr = 0.1 * np.percentile(ref, 99)
     support = ndimage.binary_dilation(ref > thr, iterations=2)
     if stride is None:
-        stride = 1 if support.sum() < 100_000 else 2
+        stride = max(1, int(round((support.sum() / SAMPLE_POINTS) ** (1 / 3))))
     grid = np.zeros(ref.shape, dtype=bool)
     grid[::stride, ::stride, ::stride] = True
     vox = np.argwhere(support & grid).astype(float)
@@ -203,9 +208,12 @@ def realign(
         n_iters.append(it + 1)
         params[t] = matrix_to_params(matrix, center)
     logger.debug(
-        "Realigned %d volumes to volume %d (%.1f iterations on average).",
+        "Realigned %d volumes to volume %d on %d points (stride %d; %.1f iterations on "
+        "average).",
         n_vol,
         ref_index,
+        len(points),
+        stride,
         float(np.mean(n_iters)) if n_iters else 0.0,
     )
     return params, ref_index

@@ -234,8 +234,10 @@ def register_t1w_to_mni(
     m_aff = t1_small.affine
     res = _res(s_aff)
     coarse = ((max(8.0, 2 * res), 100), (max(6.0, 1.5 * res), 50))
-    # With SyN to follow, the affine refinement stops at 4 mm (SyN corrects the rest).
-    fine = ((max(6.0, 1.5 * res), 50), (max(4.0, res) if nonlinear else res, 30))
+    # With SyN to follow, the affine refinement on the brain is one 4 mm level (SyN corrects
+    # the rest; repeating the 6 mm level moved brain points by < 0.1 mm on average).
+    fine = (((max(4.0, res), 30),) if nonlinear else
+            ((max(6.0, 1.5 * res), 50), (res, 30)))
     # Centre of mass of the template brain vs the T1w head, then rigid and affine (coarse).
     c_static = apply_affine_points(s_aff, np.array([ndimage.center_of_mass(static)]))[0]
     c_moving = apply_affine_points(m_aff, np.array([ndimage.center_of_mass(moving)]))[0]

@@ -228,25 +228,33 @@ def _write_figures(result: CouplingResult, run: Any, eeg: Any, frame_times: np.n
         result.figures[name] = writer.write_figure(fig, subject, f"{stem}_{name}{ext}")
         plt.close(fig)
 
-    for name, _, _ in config.source.bands:
+    bands = [name for name, _, _ in config.source.bands]
+    power, thresholds, topo = {}, {}, {}
+    for name in bands:
         mean = np.nan_to_num(maps.mean_power(name))
-        rel_img = maps.grid.to_img(mean / (mean.max() or 1.0))
-        save(figures.plot_stat_map(rel_img, title=f"{name} source power (mean, relative to "
-                                   "peak; > 0.5 shown)", threshold=0.5, cmap="hot",
-                                   symmetric=False), f"desc-{name}_sourcemap", ".png")
+        power[name] = maps.grid.to_img(mean / (mean.max() or 1.0))
         thr = result.fdr_threshold[name]
-        save(figures.plot_stat_map(result.zmaps[name], title=f"{name} power <-> BOLD (z, "
-                                   f"FDR q<{config.coupling.fdr_q:g})",
-                                   threshold=thr if np.isfinite(thr) else 1e6),
-             f"desc-{name}_zmap", ".png")
+        thresholds[name] = thr if np.isfinite(thr) else np.inf  # nothing shown if none
         table = result.bands[name].table
         labels = list(dict.fromkeys(table["source"]))
         values = np.array([table.loc[table["source"] == s, "r"].to_numpy() for s in labels])
         titles = [f"{s} ({int(x)},{int(y)},{int(z)})" for s, x, y, z in
                   table.drop_duplicates("source")[["source", "x", "y", "z"]].itertuples(False)]
-        save(figures.plot_topomaps(values, info, titles=titles,
-                                   suptitle=f"{name}: channels related to source peaks",
-                                   sphere=sphere),
-             f"desc-{name}_topomaps")
+        if len(values):
+            topo[name] = (values, titles)
+    save(figures.plot_stat_maps(power, titles={b: f"{b} source power" for b in bands},
+                                thresholds=dict.fromkeys(bands, 0.5), cmap="hot",
+                                symmetric=False, suptitle="Mean source power per band, "
+                                "relative to its peak (> 0.5 shown)"),
+         "desc-sourcemaps", ".png")
+    save(figures.plot_stat_maps(result.zmaps, titles={b: f"{b} power <-> BOLD (z)"
+                                                      for b in bands},
+                                thresholds=thresholds, suptitle="Band power <-> BOLD z maps "
+                                f"(FDR q<{config.coupling.fdr_q:g}; empty: none significant)"),
+         "desc-zmaps", ".png")
+    if topo:
+        save(figures.plot_topomap_rows(topo, info, sphere=sphere, suptitle="Channels related "
+                                       "to source peaks (r of band power)"),
+             "desc-topomaps", ".png")
     save(figures.plot_regressors(frame_times, {b: r.regressor for b, r in result.bands.items()},
                                  title="HRF-convolved mean-channel band power"), "regressors")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import logging
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -114,8 +115,11 @@ def crash_file(output_dir: Path, name: str) -> Path:
 def call_stage(stage: str, func: Callable[..., Any], args: tuple, *, label: str,
                output_dir: Path, failures: list[Failure]) -> Any:
     """Run one stage; on error log it, save a crash file, append a Failure, return None."""
+    tic = time.perf_counter()
     try:
-        return func(*args)
+        value = func(*args)
+        logger.info("Stage '%s' of %s done in %.1f s.", stage, label, time.perf_counter() - tic)
+        return value
     except Exception as err:
         path = crash_file(output_dir, f"{label}-{stage}")
         text = str(err) if isinstance(err, EegfmriError) else f"{type(err).__name__}: {err}"
@@ -343,12 +347,36 @@ def run_participant_level(config: Any, *, stages: dict[str, Any] = STAGES
 _WORKER: dict[str, Any] = {}
 
 
+def limit_worker_threads(n_threads: int) -> None:
+    """Cap the BLAS, OpenMP and torch threads of this (worker) process at ``n_threads``.
+
+    Each of ``--nprocs`` worker processes would otherwise start one BLAS/OpenMP/torch
+    thread per core, so that processes x threads oversubscribe the machine. Environment
+    variables cover libraries initialised later in the process (torch, numexpr).
+    """
+    import os
+    import sys
+
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                "NUMEXPR_NUM_THREADS"):
+        os.environ[var] = str(n_threads)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
+        pass
+    else:
+        threadpool_limits(n_threads)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n_threads)
+
+
 def _subject_job(subject: str, runs: list[RunFiles], rejected: list[RunOutcome]
                  ) -> tuple[list[RunOutcome], LevelResult]:
     """One subject in a worker process; stage results are dropped (the report is written)."""
     from bids_app.io.derivatives import DerivativesWriter
 
     config, stages = _WORKER["config"], _WORKER["stages"]
+    limit_worker_threads(_WORKER["threads"])
     writer = DerivativesWriter(config.execution.output_dir, config)
     partial = LevelResult()
     outcomes = run_subject(subject, runs, config, writer, partial, stages=stages,
@@ -363,19 +391,25 @@ def _run_in_parallel(runs: dict[str, list[RunFiles]], broken: dict[str, list[Run
                      n_workers: int) -> None:
     """Process subjects in ``n_workers`` forked processes (``--nprocs``).
 
+    Each worker gets ``cpu_count // n_workers`` BLAS/OpenMP/torch threads (at least one),
+    so the processes do not oversubscribe the cores.
+
     An exception in a stage is isolated inside the worker as in the sequential path. A
     worker process that dies (e.g. killed for memory) breaks the pool: its subject and
     the subjects not finished yet are reported as failed (exit code 1); rerun them with
     ``--participant-label``. Without ``fork`` (Windows) subjects run one after another.
     """
     import multiprocessing
+    import os
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     from bids_app.utils import progress
 
-    _WORKER.update(config=config, stages=stages)  # inherited by the forked workers
+    threads = max(1, (os.cpu_count() or 1) // n_workers)
+    _WORKER.update(config=config, stages=stages, threads=threads)  # inherited by the workers
     output_dir = Path(config.execution.output_dir)
-    logger.info("Processing %d subjects with %d processes.", len(runs), n_workers)
+    logger.info("Processing %d subjects with %d processes of %d thread(s) each.", len(runs),
+                n_workers, threads)
     context = multiprocessing.get_context("fork")
     with ProcessPoolExecutor(max_workers=n_workers, mp_context=context) as pool:
         futures = {pool.submit(_subject_job, subject, runs[subject], broken[subject]): subject

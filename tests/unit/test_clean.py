@@ -81,7 +81,19 @@ def test_output_contract(cleaned):
 
 
 def test_blinks_removed_rhythms_kept(cleaned):
-    raw, out, report, truth, eeg, blink = cleaned
+    _check_blinks_removed_rhythms_kept(*cleaned)
+
+
+def test_capped_ica_still_removes_blinks():
+    """A component cap below the 99 % variance count (8 < 11 here) keeps the science."""
+    raw, truth, eeg, blink = _recording()
+    out, report = clean_eeg(raw, EEGConfig(ica_threshold=0.6, ica_max_components=8),
+                            random_state=0)
+    assert report.ica.n_components_ == 8
+    _check_blinks_removed_rhythms_kept(raw, out, report, truth, eeg, blink)
+
+
+def _check_blinks_removed_rhythms_kept(raw, out, report, truth, eeg, blink):
     assert any(r["label"] == "eye blink" and r["probability"] >= 0.6
                for r in report.ica_rejected)  # fmt: skip
     ref = mne.io.RawArray(truth, mne.create_info(eeg, SFREQ, "eeg"), verbose=False)
@@ -105,3 +117,22 @@ def test_blinks_removed_rhythms_kept(cleaned):
         print(f"{freq:.0f} Hz power kept: {kept:.2f}")
         assert 0.7 < kept < 1.3
         assert p_out[:, k].mean() > 10 * np.median(p_out[:, (f > 5) & (f < 30)])
+
+
+def test_n_ica_components_fraction_cap_and_rank():
+    from bids_app.eeg.clean import n_ica_components
+
+    rng = np.random.default_rng(1)
+    variances = np.array([100, 50, 20, 10, 5, 1, 0.5, 0.1])
+    src = rng.standard_normal((8, 20000))
+    src = (src - src.mean(1, keepdims=True)) / src.std(1, keepdims=True)
+    src = np.linalg.qr(src.T)[0].T * np.sqrt(20000)  # exactly white sources
+    mixing = np.linalg.qr(rng.standard_normal((20, 8)))[0]  # orthonormal columns
+    data = mixing @ (np.sqrt(variances)[:, None] * src)
+    # cumulative variance 0.536, 0.804, 0.911, 0.965, 0.991 -> 5 components reach 0.99
+    assert n_ica_components(data, 0.99, 0) == 5
+    assert n_ica_components(data, 0.99, 3) == 3
+    assert n_ica_components(data, 7, 0) == 7
+    assert n_ica_components(data, 50, 0) == 8  # never more than the rank
+    full = rng.standard_normal((20, 5000))
+    assert n_ica_components(full - full.mean(0), 60, 30) == 19  # average reference: rank - 1

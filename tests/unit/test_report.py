@@ -138,3 +138,31 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     assert pixels.shape[0] >= 1000
     assert pixels.std() > 0.05  # not blank
     assert (np.abs(pixels - pixels.mean((0, 1))).sum(-1) > 0.3).mean() > 0.01
+
+
+def test_stat_map_mosaic_puts_a_blob_where_it_is():
+    """The mosaic samples the map on template slices at the right MNI position."""
+    mask = datasets.load_mni152_brain_mask(resolution=3)
+    ijk = np.indices(mask.shape).reshape(3, -1).T
+    xyz = nib.affines.apply_affine(mask.affine, ijk)
+    centre = np.array([30.0, -60.0, 20.0])
+    blob = np.exp(-((xyz - centre) ** 2).sum(1) / (2 * 6.0**2)).reshape(mask.shape)
+    img = nib.Nifti1Image(blob.astype(np.float32), mask.affine)
+    bg, z_mm, plane = figures._axial_background(7)
+    over = figures._axial_overlay(img, z_mm, plane)
+    assert over.shape == bg.shape
+    k = int(np.argmax(over.max(axis=(1, 2))))
+    row, col = np.unravel_index(np.argmax(over[k]), over[k].shape)
+    tpl = figures._template()
+    x, y, _ = nib.affines.apply_affine(tpl.affine, plane[:, row, col])
+    print(f"blob peak drawn at ({x:.0f}, {y:.0f}, {z_mm[k]:.0f}) mm, planted at {centre}")
+    assert abs(z_mm[k] - centre[2]) <= np.diff(z_mm).max() / 2
+    assert np.hypot(x - centre[0], y - centre[1]) <= 3.0
+    fig = figures.plot_stat_maps({"a": img, "b": img}, titles={"a": "A", "b": "B"},
+                                 thresholds={"a": 0.5, "b": np.inf}, cmap="hot",
+                                 symmetric=False)
+    shown = [np.asarray(ax.images[0].get_array()) for ax in fig.axes if ax.images]
+    assert len(shown) == 2
+    # the thresholded row differs from the template only where the blob is; "b" shows none
+    assert np.abs(shown[0] - shown[1]).max() > 0.3 and (np.abs(shown[0] - shown[1]) > 0.05
+                                                         ).mean() < 0.02
