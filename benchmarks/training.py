@@ -9,6 +9,13 @@ group, and reports windows per second and the peak resident memory of that proce
     python benchmarks/training.py --work-dir bench_work            # NATVIEW size
     python benchmarks/training.py --work-dir bench_small --subjects 2 --runs 2  # quick check
 
+With ``--group-windows DIR`` (the ``work/group_models/windows`` folder of a group run, e.g.
+of the demo) it instead times :func:`bids_app.workflows.models.train_group_models` on those
+windows with the default recipe (block-PCA start, calibrated experts) and with a random
+initialisation, and prints epochs, seconds and held-out explained variance against PCA::
+
+    python benchmarks/training.py --group-windows demo_work/group_models/windows
+
 Numbers depend on the machine; docs/benchmarks.md ("Group training") records a run.
 """
 
@@ -134,9 +141,40 @@ def train_only(args: argparse.Namespace) -> dict:
     return out
 
 
+def compare_on_windows(directory: Path) -> None:
+    """Time both VAEs on existing group windows: default recipe vs random initialisation."""
+    from bids_app.config import Config
+    from bids_app.models.windows import load_windows
+    from bids_app.workflows.models import train_group_models
+
+    windows = load_windows(directory)
+    config = Config()
+    config = config.replace("execution", verbosity=-1)
+    variants = {
+        "random initialisation": config.replace("model", pca_init=False,
+                                                calibrate_experts=False),  # fmt: skip
+        "default (block-PCA start, calibrated)": config,
+    }
+    print("| VAE-1 recipe | VAE-1 epochs | VAE-1 s | VAE-2 s | total s | EEG EV (PCA) "
+          "| fMRI EV (PCA) |\n|---|---|---|---|---|---|---|")  # fmt: skip
+    for name, cfg in variants.items():
+        t0 = time.perf_counter()
+        _, results, splits, metrics = train_group_models(windows, cfg)
+        total = time.perf_counter() - t0
+        secs = {k: sum(h["seconds"] for h in r.history) for k, r in results.items()}
+        m = metrics["vae1"]
+        print(f"| {name} | {len(results['vae1'].history)} | {secs['vae1']:.1f} | "
+              f"{secs.get('vae2', float('nan')):.1f} | {total:.1f} | "
+              f"{m['ev_eeg']:.4f} ({m['ev_pca_eeg']:.4f}) | "
+              f"{m['ev_fmri']:.4f} ({m['ev_pca_fmri']:.4f}) |")  # fmt: skip
+    runs = windows.run_labels()
+    print("test runs:", sorted(set(runs[splits["vae1"]["test"]])))
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--work-dir", required=True, type=Path)
+    p.add_argument("--work-dir", type=Path)
+    p.add_argument("--group-windows", type=Path, help="time both VAEs on these windows")
     p.add_argument("--subjects", type=int, default=22)
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--volumes", type=int, default=290)
@@ -149,6 +187,11 @@ def main() -> int:
     p.add_argument("--train-only", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--keep", action="store_true", help="keep the synthesised files")
     args = p.parse_args()
+    if args.group_windows is not None:
+        compare_on_windows(args.group_windows)
+        return 0
+    if args.work_dir is None:
+        p.error("--work-dir is required (or --group-windows)")
     if args.train_only:
         print(json.dumps(train_only(args)))
         return 0

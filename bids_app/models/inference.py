@@ -94,6 +94,10 @@ def load_model(path: Path | str) -> Model:
     """
     state = torch.load(path, map_location="cpu", weights_only=False)
     model = build_model(state["architecture"])
-    model.load_state_dict(state["state_dict"])
+    # files written before the encoders had the net_mask / logvar_offset buffers keep the
+    # freshly built defaults (ones / zeros): exactly the behaviour they were trained with
+    defaults = {k: v for k, v in model.state_dict().items()
+                if k.endswith((".net_mask", ".logvar_offset"))}  # fmt: skip
+    model.load_state_dict({**defaults, **state["state_dict"]})
     model.metadata = state.get("metadata", {})
     return model.eval()

@@ -2,12 +2,24 @@
 
 A VAE with linear encoders and decoders and a Gaussian likelihood is probabilistic PCA
 (Tipping & Bishop 1999). :func:`init_from_pca` sets the linear paths of
-:class:`~bids_app.models.vae.MultimodalVAE` to the modality-balanced PCA of the training
-windows (the baseline of :func:`~bids_app.models.evaluate.evaluate_vae1`) and the
+:class:`~bids_app.models.vae.MultimodalVAE` to a PCA of the training windows and the
 non-linear residuals to zero, so training starts from the PCA solution: the joint
 posterior mean is the standardised PCA score and the decoders' means are the PCA
-reconstruction. Training (with early stopping on held-out runs) then adds the
-non-linear part.
+reconstruction. Training (with early stopping on held-out runs, the initial weights
+being a candidate) then adds the non-linear part.
+
+Two PCAs are available:
+
+* ``"joint"``: the modality-balanced PCA of the concatenated windows (the baseline of
+  :func:`~bids_app.models.evaluate.evaluate_vae1`). Every latent dimension mixes EEG and
+  fMRI, so each expert holds a partial score.
+* ``"block"``: per-modality PCA, the latent dimensions shared out by balanced eigenvalue
+  (:func:`~bids_app.models.evaluate.fit_block_pca`). Each dimension is owned by one
+  modality's expert; the other expert starts with a vague opinion (precision
+  ``other_precision``, mean 0) about it, which training sharpens where that modality is
+  informative (EEG power -> BOLD). This is the structure a product of experts expresses
+  and a PCA of the concatenation cannot: the reconstruction of one modality never
+  carries the other modality's noise.
 
 References
 ----------
@@ -18,17 +30,18 @@ Tipping ME, Bishop CM (1999). Probabilistic principal component analysis. J R St
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
-from bids_app.models.evaluate import fit_pca_baseline
+from bids_app.models.evaluate import fit_block_pca, fit_pca_baseline
 from bids_app.models.vae import GaussianDecoder, ModalityEncoder, MultimodalVAE
 
 logger = logging.getLogger(__name__)
+
+MODES = ("joint", "block")
 
 
 def _zero_last(net: nn.Sequential) -> None:
@@ -38,7 +51,12 @@ def _zero_last(net: nn.Sequential) -> None:
 
 
 def _set_encoder(
-    enc: ModalityEncoder, weight: np.ndarray, bias: np.ndarray, *, gain: float, logvar: float
+    enc: ModalityEncoder,
+    weight: np.ndarray,
+    bias: np.ndarray,
+    *,
+    gain: np.ndarray,
+    logvar: np.ndarray,
 ) -> None:
     """Linear path of an encoder: ``mu = gain * (weight @ x + bias)``, constant logvar."""
     n_lat = weight.shape[0]
@@ -53,8 +71,8 @@ def _set_encoder(
         enc.input.bias[:n_lat] = torch.as_tensor(bias, dtype=torch.float32)
         head.skip.weight.zero_()
         head.skip.bias.zero_()
-        head.skip.weight[:n_lat, :n_lat] = gain * torch.eye(n_lat)
-        head.skip.bias[n_lat:] = logvar
+        head.skip.weight[:n_lat, :n_lat] = torch.diag(torch.as_tensor(gain, dtype=torch.float32))
+        head.skip.bias[n_lat:] = torch.as_tensor(logvar, dtype=torch.float32)
     _zero_last(head.net)
 
 
@@ -66,16 +84,51 @@ def _set_decoder(dec: GaussianDecoder, weight: np.ndarray, bias: np.ndarray) -> 
     _zero_last(dec.net)
 
 
+def _linear_parts(
+    arrays: Mapping[str, np.ndarray], idx: np.ndarray, n_lat: int, mode: str, seed: int,
+    max_windows: int,
+) -> dict[str, dict[str, np.ndarray]]:
+    """Per modality: ``weight`` (L, D_m), ``bias`` (L,) of the unscaled partial scores,
+    ``loading`` (D_m, L) and ``offset`` (D_m,) of the reconstruction, ``own`` (L,) bool."""
+    if mode == "joint":
+        pca = fit_pca_baseline(arrays, idx, n_lat, seed=seed, max_windows=max_windows)
+        comp, mean, scale, d = pca["components"], pca["mean"], pca["scale"], pca["d_eeg"]
+        slices = {"eeg": slice(0, d), "fmri": slice(d, None)}
+        parts = {}
+        for name, sl in slices.items():
+            c_m, s_m, m_m = comp[:, sl], scale[sl], mean[sl]
+            parts[name] = {"weight": c_m * s_m, "bias": -(c_m @ m_m),
+                           "loading": c_m.T / s_m[:, None], "offset": m_m / s_m,
+                           "own": np.ones(n_lat, bool)}  # fmt: skip
+        return parts
+    pca = fit_block_pca(arrays, idx, n_lat, seed=seed, max_windows=max_windows)
+    parts = {}
+    for name in ("eeg", "fmri"):
+        bp = pca[name]
+        c, rows, s, m = bp["components"], bp["rows"], bp["scale"], bp["mean"]
+        d_m = c.shape[1]
+        weight, bias = np.zeros((n_lat, d_m)), np.zeros(n_lat)
+        loading = np.zeros((d_m, n_lat))
+        weight[rows], bias[rows], loading[:, rows] = c * s, -(c @ m), c.T / s
+        parts[name] = {"weight": weight, "bias": bias, "loading": loading, "offset": m / s,
+                       "own": np.isin(np.arange(n_lat), rows)}  # fmt: skip
+    return parts
+
+
 def init_from_pca(
     model: MultimodalVAE,
     arrays: Mapping[str, np.ndarray],
     train_idx: np.ndarray,
     *,
+    mode: str = "joint",
     seed: int = 0,
     expert_precision: float = 10.0,
+    other_precision: float = 0.01,
+    freeze_linear: bool = False,
+    cross_experts: tuple[str, ...] | None = None,
     max_windows: int = 2000,
 ) -> MultimodalVAE:
-    """Initialise the linear paths of VAE-1 from the balanced PCA of the training windows.
+    """Initialise the linear paths of VAE-1 from a PCA of the training windows.
 
     Parameters
     ----------
@@ -85,11 +138,29 @@ def init_from_pca(
         ``"eeg"`` ``(N, C, T)`` and ``"fmri"`` ``(N, V)``.
     train_idx : numpy.ndarray
         Training windows (at most ``max_windows`` of them are used).
+    mode : {"joint", "block"}
+        PCA of the concatenated windows, or per-modality PCA with modality-owned latent
+        dimensions (see the module notes).
     seed : int
         Seeds the choice of windows.
     expert_precision : float
-        Initial precision of each expert; the experts' means are scaled so that the
-        joint posterior mean (product with the prior) equals the standardised PCA score.
+        Initial precision of an expert about the dimensions it holds; the experts' means
+        are scaled so that the joint posterior mean (product with the prior) equals the
+        standardised PCA score.
+    other_precision : float
+        ``"block"`` only: initial precision of an expert about the other modality's
+        dimensions (mean 0).
+    freeze_linear : bool
+        Keep the PCA paths fixed during training (``requires_grad=False`` on the
+        encoders' ``input`` and linear ``skip`` layers and the decoders' ``skip``), so
+        that training only adds the non-linear residuals and adjusts the variances.
+    cross_experts : tuple of str, optional
+        ``"block"`` only. When given, the non-linear residual of the encoder of each
+        modality listed (``"eeg"``, ``"fmri"``) may change only its means of the other
+        modality's dimensions (and its log-variances); the residuals of the other
+        encoders and of both decoders are zero and frozen. Training then learns what a
+        modality says about the other (e.g. EEG power -> BOLD) without refitting each
+        modality's PCA to the training runs. None leaves every residual free.
     max_windows : int
         Windows used by the PCA.
 
@@ -98,21 +169,121 @@ def init_from_pca(
     MultimodalVAE
         ``model``.
     """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
+    names = set(cross_experts or ())
+    if cross_experts is not None and (mode != "block" or not names <= {"eeg", "fmri"}):
+        raise ValueError("cross_experts needs mode 'block' and names among 'eeg', 'fmri'.")
     n_lat = model.latent_dim
-    pca = fit_pca_baseline(arrays, train_idx, n_lat, seed=seed, max_windows=max_windows)
-    comp, mean, scale, d = pca["components"], pca["mean"], pca["scale"], pca["d_eeg"]
     rng = np.random.default_rng(seed)
     idx = np.sort(rng.permutation(np.asarray(train_idx))[:max_windows])
-    x = np.hstack([arrays["eeg"][idx].reshape(len(idx), -1), arrays["fmri"][idx]])
-    sd = np.sqrt(np.maximum(((x * scale - mean) @ comp.T).var(0), 1e-12))  # score SDs
-    p = float(expert_precision)
-    gain, logvar = (1.0 + 2.0 * p) / p, -math.log(p)
-    for enc, dec, sl in (
-        (model.eeg_encoder, model.eeg_decoder, slice(0, d)),
-        (model.fmri_encoder, model.fmri_decoder, slice(d, None)),
+    parts = _linear_parts(arrays, idx, n_lat, mode, seed, max_windows)
+    # standard deviation of each latent's score over the training windows
+    score = sum(
+        np.asarray(arrays[n][idx], dtype=np.float64).reshape(len(idx), -1) @ p["weight"].T
+        + p["bias"]
+        for n, p in parts.items()
+    )
+    sd = np.sqrt(np.maximum(score.var(0), 1e-12))
+    p_hi, p_lo = float(expert_precision), float(other_precision)
+    prec = {n: np.where(p["own"], p_hi, p_lo) for n, p in parts.items()}
+    joint = 1.0 + sum(prec.values())
+    for name, enc, dec in (
+        ("eeg", model.eeg_encoder, model.eeg_decoder),
+        ("fmri", model.fmri_encoder, model.fmri_decoder),
     ):
-        c_m, s_m, m_m = comp[:, sl], scale[sl], mean[sl]
-        _set_encoder(enc, c_m * s_m / sd[:, None], -(c_m @ m_m) / sd, gain=gain, logvar=logvar)
-        _set_decoder(dec, (c_m * sd[:, None]).T / s_m[:, None], m_m / s_m)
-    logger.info("VAE-1 initialised from the balanced PCA of %d windows", len(idx))
+        p = parts[name]
+        gain = np.where(p["own"], joint / prec[name], 0.0)
+        _set_encoder(enc, p["weight"] / sd[:, None], p["bias"] / sd, gain=gain,
+                     logvar=-np.log(prec[name]))  # fmt: skip
+        _set_decoder(dec, p["loading"] * sd[None, :], p["offset"])
+        if freeze_linear:
+            for layer in (enc.input, enc.body.skip, dec.skip):
+                layer.requires_grad_(False)
+        if cross_experts is not None:
+            mask = enc.body.net_mask
+            with torch.no_grad():
+                mask[:n_lat] = torch.as_tensor(~p["own"], dtype=torch.float32)
+                if name not in cross_experts:
+                    mask.zero_()
+            if name not in cross_experts:
+                enc.body.net.requires_grad_(False)
+            dec.net.requires_grad_(False)
+    owners = {n: int(p["own"].sum()) for n, p in parts.items()}
+    logger.info("VAE-1 initialised from the %s PCA of %d windows (latent dims held: %s)",
+                mode, len(idx), owners)  # fmt: skip
     return model
+
+
+__all__ = ["MODES", "calibrate_experts", "init_from_pca"]
+
+
+def _val_loss(model: MultimodalVAE, arrays: Mapping[str, np.ndarray], idx: np.ndarray,
+              batch_size: int) -> float:  # fmt: skip
+    total = 0.0
+    with torch.no_grad():
+        for s in range(0, len(idx), batch_size):
+            b = np.sort(idx[s : s + batch_size])
+            batch = {k: torch.from_numpy(np.asarray(arrays[k][b], dtype=np.float32))
+                     for k in ("eeg", "fmri")}  # fmt: skip
+            total += float(model.loss(batch)[0]) * len(b)
+    return total / max(len(idx), 1)
+
+
+def calibrate_experts(
+    model: MultimodalVAE,
+    arrays: Mapping[str, np.ndarray],
+    val_idx: np.ndarray,
+    *,
+    offsets: tuple[float, ...] = tuple(np.arange(0.0, 8.01, 0.5)),
+    batch_size: int = 256,
+) -> dict[str, float]:
+    """Temper the experts' learned confidence on validation windows (after training).
+
+    An expert's log-variances of the latent dimensions whose means its non-linear
+    residual may change (``body.net_mask``; with ``cross_experts``: the other modality's
+    dimensions) are learned on the training runs and tend to be over-confident on new
+    runs, which in the product of experts pulls the joint posterior toward that expert.
+    For each such expert in turn, a constant added to those log-variances (0 included, so
+    the validation loss cannot get worse) is chosen from ``offsets`` by the validation
+    loss of :meth:`MultimodalVAE.loss` (eval mode), like temperature scaling of a
+    classifier (Guo et al. 2017).
+
+    Parameters
+    ----------
+    model : MultimodalVAE
+        Trained model (modified in place: ``body.logvar_offset`` of its encoders).
+    arrays : mapping
+        ``"eeg"`` and ``"fmri"`` windows.
+    val_idx : numpy.ndarray
+        Validation windows (not the test windows).
+    offsets : tuple of float
+        Candidate offsets (non-negative: the calibration only lowers confidence).
+    batch_size : int
+        Windows per forward pass.
+
+    Returns
+    -------
+    dict of str to float
+        The chosen offset per calibrated expert (``"eeg"``, ``"fmri"``).
+    """
+    model.eval()
+    val_idx = np.asarray(val_idx, dtype=np.int64)
+    chosen: dict[str, float] = {}
+    n_lat = model.latent_dim
+    for name, enc in (("eeg", model.eeg_encoder), ("fmri", model.fmri_encoder)):
+        dims = enc.body.net_mask[:n_lat] > 0
+        if not bool(dims.any()):
+            continue
+        losses = []
+        for off in offsets:
+            with torch.no_grad():
+                enc.body.logvar_offset.copy_(float(off) * dims.float())
+            losses.append(_val_loss(model, arrays, val_idx, batch_size))
+        best = float(offsets[int(np.argmin(losses))])
+        with torch.no_grad():
+            enc.body.logvar_offset.copy_(best * dims.float())
+        chosen[name] = best
+        logger.info("%s expert: log-variance offset %.1f (validation loss %.4g -> %.4g)",
+                    name, best, losses[0], min(losses))  # fmt: skip
+    return chosen

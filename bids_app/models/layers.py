@@ -30,9 +30,12 @@ def _mlp(n_in: int, hidden: int, n_out: int, *, n_layers: int, dropout: float) -
 class _GaussianHead(nn.Module):
     """Non-linear body of an encoder: pre-activation ``h`` -> ``(mu, logvar)``.
 
-    ``out = skip(h) + net(gelu(h))``: a linear path plus a non-linear residual, so a
-    linear (PCA-like) encoder is the easy solution and non-linearities are learned on
-    top. No normalisation layer: the scale of the input (e.g. EEG power) is information.
+    ``out = skip(h) + net(gelu(h)) * net_mask``: a linear path plus a non-linear
+    residual, so a linear (PCA-like) encoder is the easy solution and non-linearities are
+    learned on top; the ``net_mask`` buffer (ones unless an initialisation sets it) says
+    which outputs the residual may change and ``logvar_offset`` (zeros unless a
+    calibration sets it) is added to the log-variances. No normalisation layer: the
+    scale of the input (e.g. EEG power) is information.
     """
 
     def __init__(self, hidden: int, latent: int, *, n_layers: int, dropout: float) -> None:
@@ -41,10 +44,16 @@ class _GaussianHead(nn.Module):
         self.skip = nn.Linear(hidden, 2 * latent)
         self.net = _mlp(hidden, hidden, 2 * latent, n_layers=n_layers, dropout=dropout)
         self.latent = latent
+        # which outputs (means, then log-variances) the non-linear residual may change
+        self.register_buffer("net_mask", torch.ones(2 * latent))
+        # added to the log-variances (calibration of the expert's confidence after training)
+        self.register_buffer("logvar_offset", torch.zeros(latent))
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.skip(h) + self.net(self.act(h))
-        mu, logvar = out[..., : self.latent], out[..., self.latent :]
+        out = self.skip(h)
+        if self.training or bool(self.net_mask.any()):  # a masked-out residual adds 0
+            out = out + self.net(self.act(h)) * self.net_mask
+        mu, logvar = out[..., : self.latent], out[..., self.latent :] + self.logvar_offset
         return mu, logvar.clamp(*LOGVAR_RANGE)
 
 

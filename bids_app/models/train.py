@@ -52,7 +52,8 @@ class TrainResult:
         One entry per epoch: ``epoch``, ``train_loss``, ``val_loss``, ``seconds``,
         ``windows_per_s``.
     best_epoch : int
-        Epoch (0-based) with the lowest validation loss.
+        Epoch (0-based) with the lowest validation loss; -1 when the initial weights
+        were kept (``include_initial=True``).
     best_val_loss : float
         That loss.
     stopped_early : bool
@@ -232,6 +233,7 @@ def fit(
     checkpoint: Path | None = None,
     resume: bool = True,
     amp: bool = True,
+    include_initial: bool = False,
     progress: bool = False,
     callback: Callable[[int, dict[str, float]], None] | None = None,
 ) -> TrainResult:
@@ -267,6 +269,11 @@ def fit(
         Continue from ``checkpoint`` when it exists.
     amp : bool
         Mixed precision (bfloat16 autocast) on CUDA; ignored on CPU.
+    include_initial : bool
+        Evaluate the initial weights on the validation set and keep them as a candidate
+        (``best_epoch`` -1), so that a model initialised from a good solution (e.g.
+        :func:`~bids_app.models.initialise.init_from_pca`) can only leave it for one with
+        a lower validation loss.
     progress : bool
         Show a progress bar (rank 0).
     callback : callable, optional
@@ -301,7 +308,7 @@ def fit(
     history: list[dict[str, float]] = []
     best_val, best_epoch, bad_epochs, start = float("inf"), -1, 0, 0
     best_state = state_cpu(model)
-    resumed_from = None
+    resumed_from = initial_val = None
     if checkpoint is not None and resume and Path(checkpoint).exists():
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
@@ -309,7 +316,15 @@ def fit(
         history, best_val, best_epoch = state["history"], state["best_val"], state["best_epoch"]
         bad_epochs, best_state = state["bad_epochs"], state["best_state"]
         start = resumed_from = state["epoch"] + 1
+        initial_val = state.get("initial_val")
         logger.info("resuming from %s after epoch %d", checkpoint, state["epoch"])
+    elif include_initial:
+        initial_val = _evaluate(
+            model, arrays, val_idx, keys, batch_size=batch_size, device=dev,
+            rank=rank, world=world, amp=amp,
+        )  # fmt: skip
+        best_val = initial_val
+        logger.info("validation loss of the initial weights: %.4g", initial_val)
 
     from bids_app.utils import progress as progress_bar
 
@@ -366,6 +381,7 @@ def fit(
                         "best_state": best_state,
                         "architecture": model.architecture(),
                         "seed": seed,
+                        "initial_val": initial_val,
                     },
                     Path(checkpoint),
                 )
@@ -388,6 +404,7 @@ def fit(
         world_size=world,
         device=str(dev),
         resumed_from=resumed_from,
+        extra={} if initial_val is None else {"initial_val_loss": initial_val},
     )
 
 

@@ -186,20 +186,55 @@ class WindowSet:
         return nib.affines.apply_affine(self.mask_affine, self.voxel_indices)
 
 
+def _n_held_out(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int]:
+    """Test and validation groups out of ``n >= 3``: at least one each, one left to train."""
+    n_test = min(max(1, int(round(test_fraction * n))), n - 2)
+    n_val = min(max(1, int(round(val_fraction * n))), n - 1 - n_test)
+    return n_test, n_val
+
+
+def _stratified_folds(
+    groups: np.ndarray, tasks: np.ndarray, val_fraction: float, test_fraction: float,
+    rng: np.random.Generator,
+) -> dict[str, str]:
+    """Fold of each run, drawn within each task (sorted), see :func:`split_windows`."""
+    fold: dict[str, str] = {}
+    for task in np.unique(tasks).tolist():
+        order = rng.permutation(groups[tasks == task])
+        n = len(order)
+        if n >= 3:
+            n_test, n_val = _n_held_out(n, val_fraction, test_fraction)
+        else:
+            n_test, n_val = n - 1, 0
+            logger.warning("task %r has %d run(s): %s", task, n,
+                           "one test run, no validation run" if n == 2 else
+                           "it is not held out (training only)")  # fmt: skip
+        fold.update({g: "test" for g in order[:n_test]})
+        fold.update({g: "val" for g in order[n_test : n_test + n_val]})
+        fold.update({g: "train" for g in order[n_test + n_val :]})
+    return fold
+
+
 def split_windows(
     meta: pd.DataFrame,
     *,
     by: str = "run",
     val_fraction: float = 0.2,
     test_fraction: float = 0.2,
+    stratify: bool = True,
     seed: int = 0,
 ) -> dict[str, np.ndarray]:
-    """Split windows into train/val/test by run or by subject.
+    """Split windows into train/val/test by run (stratified by task) or by subject.
 
-    Whole runs (or subjects) go to one fold, so a run never straddles folds. With fewer
-    than three runs (subjects) the folds are contiguous blocks in time within each run,
-    separated by a gap of the windows that overlap the neighbouring fold, and a warning
-    is logged.
+    Whole runs (or subjects) go to one fold, so a run never straddles folds. By run with
+    ``stratify=True``, the runs of each task are shared out separately, so every task
+    with at least three runs has at least one test and one validation run (and one
+    training run); a task with two runs gets one test run and no validation run, a task
+    with one run is only trained on (both logged). Should the stratified folds leave the
+    validation or the test fold empty, the runs are shared out regardless of task. With
+    fewer than three runs (subjects) the folds are contiguous blocks in time within each
+    run, separated by a gap of the windows that overlap the neighbouring fold, and a
+    warning is logged.
 
     Parameters
     ----------
@@ -208,7 +243,10 @@ def split_windows(
     by : {"run", "subject"}
         Grouping unit.
     val_fraction, test_fraction : float
-        Fractions of the groups in the validation and test folds (at least one each).
+        Fractions of the groups (of each task's runs when stratified) in the validation
+        and test folds (at least one each).
+    stratify : bool
+        Share out the runs of each task separately (``by="run"`` only).
     seed : int
         Seed of the group shuffle.
 
@@ -224,14 +262,21 @@ def split_windows(
     groups = np.unique(labels)
     rng = np.random.default_rng(seed)
     if len(groups) >= 3:
-        order = rng.permutation(groups)
-        n_test = max(1, int(round(test_fraction * len(groups))))
-        n_val = max(1, int(round(val_fraction * len(groups))))
-        n_test = min(n_test, len(groups) - 2)
-        n_val = min(n_val, len(groups) - 1 - n_test)
-        fold = {g: "test" for g in order[:n_test]}
-        fold.update({g: "val" for g in order[n_test : n_test + n_val]})
-        fold.update({g: "train" for g in order[n_test + n_val :]})
+        fold: dict[str, str] = {}
+        if by == "run" and stratify:
+            task_of = dict(zip(labels, meta["task"].astype(str).to_numpy()))
+            fold = _stratified_folds(groups, np.array([task_of[g] for g in groups]),
+                                     val_fraction, test_fraction, rng)  # fmt: skip
+            if not {"val", "test"} <= set(fold.values()):
+                logger.warning("too few runs per task for a stratified split; splitting "
+                               "runs regardless of task")  # fmt: skip
+                fold = {}
+        if not fold:
+            order = rng.permutation(groups)
+            n_test, n_val = _n_held_out(len(groups), val_fraction, test_fraction)
+            fold = {g: "test" for g in order[:n_test]}
+            fold.update({g: "val" for g in order[n_test : n_test + n_val]})
+            fold.update({g: "train" for g in order[n_test + n_val :]})
         names = np.array([fold[g] for g in labels])
         return {k: np.flatnonzero(names == k) for k in ("train", "val", "test")}
     logger.warning("only %d %s(s): splitting each run into contiguous blocks", len(groups), by)

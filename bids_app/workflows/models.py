@@ -117,6 +117,9 @@ def train_group_models(
     arrays = windows.arrays()
     splits = {"vae1": split_windows(windows.meta, by=mc.split_by, val_fraction=mc.val_fraction,
                                     test_fraction=mc.test_fraction, seed=seed)}  # fmt: skip
+    for fold, idx in splits["vae1"].items():
+        counts = windows.meta["task"].iloc[idx].astype(str).value_counts().to_dict()
+        logger.info("%s windows per task: %s", fold, counts)
     common = {"eeg_shape": windows.eeg.shape[1:], "n_voxels": windows.fmri.shape[1],
               "latent_dim": mc.latent_dim, "hidden_dim": mc.hidden_dim,
               "beta": mc.beta, "cross_weight": mc.cross_weight}  # fmt: skip
@@ -132,13 +135,22 @@ def train_group_models(
     if min(len(sp["train"]), len(sp["val"])) == 0:
         raise InputError("Too few windows to train the group models (need train and val).")
     model = make_model("vae1", seed=seed, **common)
-    if getattr(mc, "pca_init", False):
+    if mc.pca_init:
         from bids_app.models.initialise import init_from_pca
 
-        init_from_pca(model, arrays, sp["train"], seed=seed)
+        restrict = mc.pca_mode == "block" and mc.cross_experts != "all"
+        cross = tuple(x.strip() for x in mc.cross_experts.split(",") if x.strip())
+        init_from_pca(model, arrays, sp["train"], mode=mc.pca_mode, seed=seed,
+                      expert_precision=mc.expert_precision, freeze_linear=restrict,
+                      cross_experts=cross if restrict else None)  # fmt: skip
     results["vae1"] = fit(model, arrays, sp["train"], sp["val"], checkpoint=ckpt("vae1"),
-                          **train_kw)  # fmt: skip
+                          include_initial=mc.pca_init, **train_kw)  # fmt: skip
     models["vae1"] = results["vae1"].model
+    if mc.calibrate_experts:
+        from bids_app.models.initialise import calibrate_experts
+
+        offsets = calibrate_experts(models["vae1"], arrays, sp["val"])
+        results["vae1"].extra["expert_logvar_offsets"] = offsets
     test = sp["test"] if len(sp["test"]) else sp["val"]
     metrics["vae1"] = evaluate_vae1(models["vae1"], arrays, sp["train"], test, seed=seed)
     if windows.stimulus is not None and windows.meta["has_stimulus"].any():
@@ -231,6 +243,7 @@ def run_models_workflow(output_dir: Path, config: Any, writer: Any) -> ModelsRes
             "Architecture": model.architecture(),
             "Data": data,
             "Splits": {"by": config.model.split_by,
+                       "stratified_by_task": config.model.split_by == "run",
                        **{k: sorted(set(windows.run_labels()[v])) for k, v in split.items()}},
             "Training": results[name].metrics(),
             "Evaluation": metrics.get(name, {}),

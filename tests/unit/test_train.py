@@ -89,6 +89,27 @@ def test_early_stopping(planted):
     assert res.best_epoch == len(res.history) - 3
 
 
+def test_initial_weights_are_a_candidate(planted):
+    pw, arrays, split = planted
+    from bids_app.models.initialise import init_from_pca
+
+    def start():
+        return init_from_pca(_model(pw), arrays, split["train"], mode="block")
+
+    initial = {k: v.clone() for k, v in start().state_dict().items()}
+    kw = {"epochs": 3, "batch_size": 32, "seed": 0, "device": "cpu", "learning_rate": 3e-3}
+    kept = fit(start(), arrays, split["train"], split["val"], include_initial=True, **kw)
+    best = min([kept.extra["initial_val_loss"]] + [h["val_loss"] for h in kept.history])
+    assert kept.best_val_loss == best
+    moved = fit(start(), arrays, split["train"], split["val"], include_initial=False, **kw)
+    assert moved.best_epoch >= 0 and "initial_val_loss" not in moved.extra
+    same = fit(start(), arrays, split["train"], split["val"], include_initial=True,
+               **{**kw, "learning_rate": 0.0})  # fmt: skip
+    assert same.best_epoch == -1
+    for k, v in same.model.state_dict().items():
+        torch.testing.assert_close(v, initial[k])
+
+
 def test_model_file_roundtrip(planted, tmp_path):
     pw, arrays, split = planted
     res = _fit(pw, arrays, split, epochs=1)

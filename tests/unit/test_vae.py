@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from bids_app.data.simulate_stimulus import simulate_windows
-from bids_app.models.initialise import init_from_pca
+from bids_app.models.initialise import calibrate_experts, init_from_pca
 from bids_app.models.train import evaluate_vae1, evaluate_vae2, fit, make_model, predict
 from bids_app.models.vae import (
     ModalityEncoder,
@@ -140,6 +140,20 @@ def test_pca_initialisation_reproduces_balanced_pca(planted):
     # the linear VAE at initialisation is the PCA (measured 0.3124 / 0.1756 for both)
     assert abs(ev["ev_eeg"] - ev["ev_pca_eeg"]) < 1e-3 and ev["ev_pca_eeg"] > 0.25
     assert abs(ev["ev_fmri"] - ev["ev_pca_fmri"]) < 1e-3 and ev["ev_pca_fmri"] > 0.1
+    # block mode: per-modality PCA, each latent dimension held by one modality's expert
+    block = make_model("vae1", seed=1, eeg_shape=pw.eeg.shape[1:], n_voxels=200, latent_dim=6,
+                       hidden_dim=32)  # fmt: skip
+    init_from_pca(block, arrays, split["train"], mode="block", cross_experts=("eeg",))
+    evb = evaluate_vae1(block.eval(), arrays, split["train"], split["test"])
+    # measured 0.3127 / 0.1801: the block PCA, already above the concatenated PCA for fMRI
+    assert abs(evb["ev_eeg"] - evb["ev_pca_block_eeg"]) < 1e-3
+    assert abs(evb["ev_fmri"] - evb["ev_pca_block_fmri"]) < 1e-3
+    assert evb["ev_pca_block_fmri"] > evb["ev_pca_fmri"] + 0.002
+    assert not block.fmri_encoder.body.net_mask.any()  # fMRI expert stays linear
+    assert block.eeg_encoder.body.net_mask[:6].sum() == 3  # EEG's opinion on fMRI dims
+    assert not any(p.requires_grad for p in block.fmri_decoder.net.parameters())
+    with pytest.raises(ValueError, match="cross_experts"):
+        init_from_pca(block, arrays, split["train"], mode="joint", cross_experts=("eeg",))
     with pytest.raises(ValueError, match="hidden_dim"):
         small = make_model("vae1", seed=0, eeg_shape=pw.eeg.shape[1:], n_voxels=200,
                            latent_dim=6, hidden_dim=4)  # fmt: skip
@@ -161,6 +175,9 @@ def trained_vae1(planted):
         beta=0.1,
         cross_weight=0.3,
     )
+    # the default recipe (config.model): block-PCA start, EEG expert learns EEG -> fMRI
+    init_from_pca(model, arrays, split["train"], mode="block", expert_precision=100.0,
+                  freeze_linear=True, cross_experts=("eeg",))  # fmt: skip
     res = fit(
         model,
         arrays,
@@ -171,24 +188,41 @@ def trained_vae1(planted):
         patience=8,
         seed=0,
         device="cpu",
+        include_initial=True,
     )
     planted = np.concatenate(list(pw.planted_voxels.values()))
-    return evaluate_vae1(res.model, arrays, split["train"], split["test"], planted_voxels=planted)
+    kw = {"planted_voxels": planted}
+    raw = evaluate_vae1(res.model, arrays, split["train"], split["test"], **kw)
+    offsets = calibrate_experts(res.model, arrays, split["val"])
+    ev = evaluate_vae1(res.model, arrays, split["train"], split["test"], **kw)
+    return {**ev, "uncalibrated": raw, "offsets": offsets, "best_epoch": res.best_epoch}
 
 
 def test_vae1_reconstruction_vs_pca_on_held_out_runs(trained_vae1):
     ev = trained_vae1
-    # EEG: the VAE beats balanced PCA with the same latent size (measured 0.330 vs 0.312).
-    assert ev["ev_eeg"] > ev["ev_pca_eeg"] + 0.005
-    # fMRI: within 0.08 of PCA (measured 0.115 vs 0.176): the product of experts gives the
-    # EEG expert weight in the joint posterior; see docs (Group training) for the numbers.
-    assert ev["ev_fmri"] > ev["ev_pca_fmri"] - 0.08 and ev["ev_fmri"] > 0.05
+    # Held-out runs, both modalities in, latent size 6 for VAE and PCA of the concatenated
+    # windows. Measured fMRI 0.1800 vs 0.1756 (split seeds 1-3: +0.0029 to +0.0040), EEG
+    # 0.3127 vs 0.3124 (seeds 1-3: -0.0016 to +0.0006, a tie). PCA is near the ceiling
+    # here: fMRI is linear and rank 3 (planted-voxel projection 0.182) and EEG needs 6
+    # linear dimensions (3 sources x sine/cosine) of which a 3 + 3 latent holds 3, as
+    # EEG-only PCA does (0.3127); see docs/benchmarks.md.
+    assert ev["ev_fmri"] > ev["ev_pca_fmri"] + 0.002
+    assert ev["ev_eeg"] > ev["ev_pca_eeg"]  # at this seed; not a robust win (see above)
+    assert ev["ev_eeg"] > ev["ev_pca_block_eeg"] - 0.0005  # training costs EEG nothing
+    assert ev["best_epoch"] > 10  # training moved away from the PCA start
+    # the EEG expert's learned confidence about the fMRI dimensions is over-confident on
+    # new runs; calibration on the validation runs (offset 1.5) recovers the joint fMRI
+    # reconstruction (measured 0.1774 -> 0.1800) and keeps the cross-modal r (0.419)
+    raw = ev["uncalibrated"]
+    assert ev["offsets"]["eeg"] > 0 and "fmri" not in ev["offsets"]
+    assert ev["ev_fmri"] > raw["ev_fmri"] + 0.001
+    assert abs(ev["r_eeg_to_fmri"] - raw["r_eeg_to_fmri"]) < 0.02
 
 
 def test_vae1_eeg_alone_predicts_planted_voxels(trained_vae1):
     ev = trained_vae1
-    # fMRI of planted voxels from EEG alone (measured r = 0.47) beats the EEG of shuffled
-    # windows (0.05) and the PCA latent inferred from EEG alone (0.0: BOLD follows EEG
+    # fMRI of planted voxels from EEG alone (measured r = 0.42) beats the EEG of shuffled
+    # windows (-0.003) and the PCA latent inferred from EEG alone (-0.02: BOLD follows EEG
     # power, which is not linear in the EEG).
     assert ev["r_eeg_to_fmri"] > 0.3
     assert ev["r_eeg_to_fmri"] > ev["r_eeg_to_fmri_shuffled"] + 0.25

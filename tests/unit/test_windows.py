@@ -65,6 +65,62 @@ def test_split_fallback_keeps_contiguous_blocks_with_gap():
     assert sp["train"].max() + 4 < sp["val"].min() and sp["val"].max() + 4 < sp["test"].min()
 
 
+def _runs(spec):
+    """Windows metadata: ``spec`` maps subject -> list of (task, run); 10 windows per run."""
+    rows = [(sub, t, r) for sub, runs in spec.items() for t, r in runs for _ in range(10)]
+    return pd.DataFrame(rows, columns=["subject", "task", "run"]).assign(session="01")
+
+
+def _run_folds(meta, sp):
+    labels = meta[["subject", "session", "task", "run"]].agg("/".join, axis=1).to_numpy()
+    return {k: set(labels[v]) for k, v in sp.items()}
+
+
+def test_split_stratified_by_task_holds_out_every_task(caplog):
+    # demo-like: 2 subjects x (checker, tp run 01, tp run 02) plus a third task with 5 runs
+    spec = {s: [("checker", "01"), ("tp", "01"), ("tp", "02")] for s in ("01", "02")}
+    spec["03"] = [("rest", f"{r:02d}") for r in range(1, 6)]
+    spec["04"] = [("tp", "01")]
+    meta = _runs(spec)
+    tasks = dict(zip(meta[["subject", "session", "task", "run"]].agg("/".join, axis=1),
+                     meta["task"]))  # fmt: skip
+    seen_test_checker = set()
+    for seed in range(8):
+        with caplog.at_level("WARNING", logger="bids_app.models.windows"):
+            sp = split_windows(meta, seed=seed)
+        folds = _run_folds(meta, sp)
+        task_folds = {k: {tasks[r] for r in v} for k, v in folds.items()}
+        # tasks with >= 3 runs (tp: 5, rest: 5) are in all three folds
+        for task in ("tp", "rest"):
+            assert all(task in task_folds[k] for k in ("train", "val", "test")), (seed, task)
+        # a task with 2 runs: one trained on, one tested, none validated (logged)
+        assert "checker" in task_folds["train"] and "checker" in task_folds["test"]
+        assert "checker" not in task_folds["val"]
+        seen_test_checker |= folds["test"] & {"01/01/checker/01", "02/01/checker/01"}
+        assert not (folds["train"] & folds["test"]) and not (folds["val"] & folds["test"])
+        assert sum(len(v) for v in sp.values()) == len(meta)
+        assert split_windows(meta, seed=seed)["test"].tolist() == sp["test"].tolist()
+    assert "task 'checker' has 2 run(s)" in caplog.text
+    assert len(seen_test_checker) == 2  # the seed decides which checker run is held out
+    # without stratification the demo's only test run can be a checker run
+    demo = _runs({s: spec[s] for s in ("01", "02")})
+    plain = [_run_folds(demo, split_windows(demo, stratify=False, seed=s))["test"]
+             for s in range(8)]  # fmt: skip
+    assert any(all("checker" in r for r in t) for t in plain)
+    for s in range(8):
+        t = _run_folds(demo, split_windows(demo, seed=s))["test"]
+        assert {r.split("/")[2] for r in t} == {"checker", "tp"}
+
+
+def test_split_stratified_falls_back_when_tasks_have_few_runs(caplog):
+    # three tasks with one run each: no task can give a validation run
+    meta = _runs({"01": [("a", "01"), ("b", "01"), ("c", "01")]})
+    with caplog.at_level("WARNING", logger="bids_app.models.windows"):
+        sp = split_windows(meta, seed=0)
+    assert all(len(v) == 10 for v in sp.values())
+    assert "regardless of task" in caplog.text
+
+
 def test_group_mask_is_intersection_on_common_grid():
     a = np.zeros((6, 6, 6), np.uint8)
     a[1:5, 1:5, 1:5] = 1
