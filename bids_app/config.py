@@ -68,6 +68,7 @@ class EEGConfig:
     gradient_upsample: int = 10
     gradient_obs_components: str | int = "auto"
     gradient_lowpass: float = 70.0
+    gradient_anc: bool = False  # adaptive noise cancellation of the residual (Allen 2000)
     # pulse / ballistocardiogram artifact
     bcg: bool = True
     bcg_obs_components: int = 4
@@ -83,6 +84,7 @@ class EEGConfig:
     burst_cutoff: float = 20.0
     ica: bool = True
     ica_n_components: float | int = 0.99
+    ica_max_components: int = 30  # cap on ica_n_components (0: no cap)
     ica_threshold: float = 0.8
     ica_reject_labels: tuple[str, ...] = ("eye blink", "muscle artifact")
     interpolate_bads: bool = True
@@ -152,7 +154,16 @@ class ModelConfig:
     fusion: str = "poe"
     beta: float = 1.0
     cross_weight: float = 0.3
-    pca_init: bool = False
+    # VAE-1 starts from a PCA of the training windows ("block": per modality, latent
+    # dimensions owned by one modality; "joint": PCA of the concatenated windows) and
+    # training only adds what the experts in `cross_experts` ("eeg", "fmri", comma-separated,
+    # "" for none, "all" for unrestricted residuals) say about the other modality
+    pca_init: bool = True
+    pca_mode: str = "block"
+    expert_precision: float = 100.0
+    cross_experts: str = "eeg"
+    # after training, temper the experts' learned confidence on the validation runs
+    calibrate_experts: bool = True
     stimulus_beta: float = 0.01
     epochs: int = 60
     batch_size: int = 64
@@ -188,6 +199,10 @@ class MaskingConfig:
     # rows of desc-vaemask_effects: "significant" (latent and stimulus heads, cross-modal
     # effects with q < fdr_q) or "all" (every EEG timestamp x voxel pair: very large)
     effects_rows: str = "significant"
+    # VAE-1 units tested output by output besides the whole-prediction test: "auto" (every
+    # unit while units x outputs <= 1e7, else "significant"), "significant" (the units it
+    # selects: hierarchical FDR), "all" (every unit: slow and large at NATVIEW size), "none"
+    cross_outputs: str = "auto"
 
 
 @dataclass(frozen=True)

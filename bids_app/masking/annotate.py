@@ -21,12 +21,14 @@ EFFECT_COLUMNS: dict[str, dict[str, str]] = {
              "group brain mask.", "Units": "n/a"},
     "model": {"LongName": "Model", "Description": "vae1 (EEG+fMRI autoencoder) or vae2 "
               "(brain -> stimulus features).", "Units": "n/a"},
-    "head": {"LongName": "Model output", "Description": "cross: the other modality's "
-             "prediction; latent: the latent (cognitive basis); stimulus: stimulus features.",
-             "Units": "n/a"},
-    "feature": {"LongName": "Output feature", "Description": "Voxel (voxel-i), EEG "
-                "timestamp within the window (eegtime-t, all channels), latent dimension or "
-                "stimulus feature whose predictive distribution is measured.", "Units": "n/a"},
+    "head": {"LongName": "Model output", "Description": "cross: the other modality's whole "
+             "prediction (one test per unit); cross_outputs: each of its outputs, for the "
+             "units selected by the cross test; latent: the latent (cognitive basis); "
+             "stimulus: stimulus features.", "Units": "n/a"},
+    "feature": {"LongName": "Output feature", "Description": "The whole fMRI or EEG "
+                "prediction (fmri, eeg), a voxel (voxel-i), an EEG timestamp within the "
+                "window (eegtime-t, all channels), a latent dimension or a stimulus feature "
+                "whose predictive distribution is measured.", "Units": "n/a"},
     "n_windows": {"LongName": "Windows", "Description": "Windows in which the unit was "
                   "masked (effects are means over them).", "Units": "n/a"},
     "effect": {"LongName": "Effect size", "Description": "The configured measure "
@@ -37,7 +39,8 @@ EFFECT_COLUMNS: dict[str, dict[str, str]] = {
                 "percentile bootstrap interval of effect over windows.", "Units": "n/a"},
     "smd": {"LongName": "Standardised mean shift", "Description": "Mean over windows of "
             "|masked - unmasked predictive mean| / unmasked predictive SD (RMS over the "
-            "channels of an EEG timestamp).", "Units": "SD"},
+            "channels of an EEG timestamp, or over every output of a whole prediction).",
+            "Units": "SD"},
     "kl": {"LongName": "Kullback-Leibler divergence", "Description": "Mean over windows of "
            "KL(unmasked || masked predictive Gaussian).", "Units": "nat"},
     "dll": {"LongName": "Log-likelihood change", "Description": "Mean over windows of the "
@@ -48,7 +51,9 @@ EFFECT_COLUMNS: dict[str, dict[str, str]] = {
     "p": {"LongName": "p-value", "Description": "One-sided permutation p-value of the "
           "likelihood drop against targets of randomly drawn windows.", "Units": "n/a"},
     "q": {"LongName": "q-value", "Description": "Benjamini-Hochberg FDR over all units x "
-          "features of one unit kind, model and head.", "Units": "n/a"},
+          "features of one unit kind, model and head; cross_outputs: BH within the unit "
+          "scaled by units tested / units selected (Benjamini-Bogomolov), so q < level is "
+          "a discovery.", "Units": "n/a"},
 }
 
 
@@ -99,45 +104,59 @@ def effects_table(effects: list[HeadEffects], *, query: str | None = None) -> pd
         columns=list(EFFECT_COLUMNS))
 
 
-def annotate_units(cross: HeadEffects, stimulus: HeadEffects, *, alpha: float = 0.05
-                   ) -> pd.DataFrame:
-    """Units whose masking changes a stimulus feature in VAE-2 *and* VAE-1's cross output.
+def annotate_units(cross: HeadEffects, stimulus: HeadEffects,
+                   detail: HeadEffects | None = None, *, alpha: float = 0.05) -> pd.DataFrame:
+    """Units whose masking changes a stimulus feature in VAE-2 *and* VAE-1's prediction.
 
     Parameters
     ----------
     cross : HeadEffects
-        VAE-1 cross-modal head of one unit kind.
+        VAE-1 whole-output cross-modal head (one output) of one unit kind.
     stimulus : HeadEffects
         VAE-2 stimulus head of the same unit kind (same units, same order).
+    detail : HeadEffects | None
+        VAE-1 per-output head (``cross_outputs``) of the units it tested; names the
+        outputs that moved. When it covers every unit (``cross_outputs = "all"``), a unit's
+        VAE-1 evidence is its smallest per-output q; otherwise (hierarchical testing) the
+        q of the whole-prediction test, which selected the units ``detail`` covers.
     alpha : float
-        FDR level applied to both q-values.
+        FDR level applied to the q-values.
 
     Returns
     -------
     pandas.DataFrame
         One row per annotated unit: ``unit``, ``features`` (``+``-joined stimulus
         features), ``n_cross`` (significant VAE-1 outputs), ``cross_outputs`` (up to 5,
-        strongest first), ``effect_vae1``/``effect_vae2`` (largest effect among the
-        significant outputs), ``q_vae1``/``q_vae2`` (smallest q).
+        strongest first), ``effect_vae1`` (whole-prediction effect), ``effect_vae2``
+        (largest effect among the significant features), ``q_vae1``/``q_vae2`` (VAE-1
+        evidence, smallest stimulus q).
     """
     if not np.array_equal(cross.units, stimulus.units):
         raise ValueError("VAE-1 and VAE-2 effects must cover the same units.")
-    sig1 = cross.q < alpha
+    q1 = cross.q[:, 0]
+    if detail is not None and np.array_equal(detail.units, cross.units):
+        q1 = np.min(detail.q, axis=1, initial=np.inf, where=np.isfinite(detail.q))
+    sig1 = q1 < alpha
     sig2 = stimulus.q < alpha
-    keep = sig1.any(axis=1) & sig2.any(axis=1)
+    keep = sig1 & sig2.any(axis=1)
+    row_of = {} if detail is None else {u: i for i, u in enumerate(detail.units)}
+    names2 = np.asarray(stimulus.outputs)
     rows = []
-    names1, names2 = np.asarray(cross.outputs), np.asarray(stimulus.outputs)
     for i in np.flatnonzero(keep):
-        order = np.argsort(cross.q[i])
-        top = [o for o in order if sig1[i, o]][:5]
+        top, n_cross = [], 0
+        j = row_of.get(cross.units[i])
+        if j is not None:
+            sig = detail.q[j] < alpha
+            n_cross = int(sig.sum())
+            top = [detail.outputs[o] for o in np.argsort(detail.q[j]) if sig[o]][:5]
         rows.append({
             "unit": cross.units[i],
             "features": "+".join(names2[sig2[i]]),
-            "n_cross": int(sig1[i].sum()),
-            "cross_outputs": "+".join(names1[top]),
-            "effect_vae1": float(np.max(cross.effect[i, sig1[i]])),
+            "n_cross": n_cross,
+            "cross_outputs": "+".join(top),
+            "effect_vae1": float(cross.effect[i, 0]),
             "effect_vae2": float(np.max(stimulus.effect[i, sig2[i]])),
-            "q_vae1": float(np.min(cross.q[i])),
+            "q_vae1": float(q1[i]),
             "q_vae2": float(np.min(stimulus.q[i])),
         })
     cols = ["unit", "features", "n_cross", "cross_outputs", "effect_vae1", "effect_vae2",
@@ -157,12 +176,12 @@ EVENT_COLUMNS: dict[str, dict[str, str]] = {
                  "significant in both VAEs.", "Units": "n/a"},
     "cross_outputs": {"LongName": "VAE-1 outputs", "Description": "Strongest significant "
                       "voxels of VAE-1's fMRI prediction moved by masking.", "Units": "n/a"},
-    "effect_vae1": {"LongName": "VAE-1 effect", "Description": "Largest effect on a "
-                    "significant VAE-1 output in the segment.", "Units": "n/a"},
+    "effect_vae1": {"LongName": "VAE-1 effect", "Description": "Largest effect on VAE-1's "
+                    "whole other-modality prediction in the segment.", "Units": "n/a"},
     "effect_vae2": {"LongName": "VAE-2 effect", "Description": "Largest effect on a "
                     "significant stimulus feature in the segment.", "Units": "n/a"},
-    "q_vae1": {"LongName": "VAE-1 q-value", "Description": "Smallest BH q-value of VAE-1 "
-               "outputs in the segment.", "Units": "n/a"},
+    "q_vae1": {"LongName": "VAE-1 q-value", "Description": "Smallest BH q-value of the "
+               "whole-prediction test of VAE-1 in the segment.", "Units": "n/a"},
     "q_vae2": {"LongName": "VAE-2 q-value", "Description": "Smallest BH q-value of the "
                "stimulus features in the segment.", "Units": "n/a"},
 }
@@ -209,25 +228,34 @@ VOXEL_COLUMNS: dict[str, dict[str, str]] = {
     "cross_outputs": {"LongName": "VAE-1 outputs", "Description": "Strongest significant "
                       "EEG timestamps (eegtime-t: position in the window) of VAE-1's EEG "
                       "prediction moved by masking the voxel.", "Units": "n/a"},
+    "atlas_label": {"LongName": "Atlas label", "Description": "Network (region) of the "
+                    "nearest Seitzman et al. (2018) ROI centre within 10 mm (the 300 ROIs "
+                    "bundled with nilearn), n/a if none.", "Units": "n/a"},
+    "atlas_distance": {"LongName": "Distance to atlas ROI", "Description": "Distance from "
+                       "the voxel centre to the nearest Seitzman ROI centre.", "Units": "mm"},
 }
 
 
 def voxel_table(annotations: pd.DataFrame, mni: np.ndarray) -> pd.DataFrame:
-    """Annotated voxels with MNI coordinates (``mni``: ``(V, 3)`` mm)."""
+    """Annotated voxels with MNI coordinates (``mni``: ``(V, 3)`` mm) and atlas labels."""
+    from bids_app.masking.atlas import atlas_labels
+
     vox = annotations["unit"].to_numpy().astype(int)
     out = pd.DataFrame({"voxel": vox, "x": mni[vox, 0], "y": mni[vox, 1], "z": mni[vox, 2]})
     for col in ("features", "cross_outputs", "effect_vae1", "effect_vae2", "q_vae1",
                 "q_vae2"):
         out[col] = annotations[col].to_numpy()
+    out["atlas_label"], out["atlas_distance"] = atlas_labels(mni[vox])
     return out[list(VOXEL_COLUMNS)]
 
 
 def voxel_maps(cross: HeadEffects, stimulus: HeadEffects) -> tuple[np.ndarray, np.ndarray]:
     """Per-voxel effect and q for the statmaps: VAE-2 max effect, max of both q-values.
 
-    The q map holds, per voxel, ``max(min_f q_vae2, min_o q_vae1)``: a voxel is below a
-    level in this map exactly when it is annotated at that level.
+    The q map holds, per voxel, ``max(min_f q_vae2, q_vae1)`` (``q_vae1`` of the
+    whole-output test): a voxel is below a level in this map exactly when it is annotated
+    at that level.
     """
     effect = np.nanmax(stimulus.effect, axis=1)
-    q = np.maximum(np.nanmin(stimulus.q, axis=1), np.nanmin(cross.q, axis=1))
+    q = np.maximum(np.nanmin(stimulus.q, axis=1), cross.q[:, 0])
     return effect, q

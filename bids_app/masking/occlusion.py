@@ -22,27 +22,32 @@ from typing import Any
 import numpy as np
 import torch
 
+from bids_app.masking import statistics as st
 from bids_app.masking.data import (
     UNIT_KINDS,
     MaskingData,
     compute_baseline,
     occurrences,
 )
+from bids_app.masking.omnibus import OmnibusTables, affine_decoder, output_targets
+from bids_app.masking.passes import PassContext, run_pass, significance
 
 logger = logging.getLogger(__name__)
 
 #: Heads of each model kind: VAE-1 gives cross-modal outputs and the latent (cognitive
 #: basis), VAE-2 the stimulus features.
-HEADS = ("cross", "latent", "stimulus")
+HEADS = ("cross", "cross_outputs", "latent", "stimulus")
 CONTEXTS = ("single", "joint")
-#: Heads with more outputs (voxels, EEG timestamps) get t intervals instead of bootstrap
-#: ones: resampling every output costs ``n_boot`` times the forward pass.
-_BOOTSTRAP_MAX_OUTPUTS = 64
-_STATS_BUDGET = 2**22  # output elements per chunk of occurrences (~32 MB per float64 array)
+CROSS_OUTPUTS = ("auto", "significant", "all", "none")
+#: ``cross_outputs="auto"`` tests every unit output by output while units x outputs stays
+#: below this (80 MB per float64 statistic, about ten of them), hierarchically above it
+#: (a NATVIEW run has 15 330 timestamps x 69 765 voxels = 1.1e9).
+AUTO_MAX_ELEMENTS = 10_000_000
 
 
 def head_names(model: Any, kind: str) -> tuple[str, ...]:
-    """Heads evaluated for ``model`` (VAE-1: cross-modal + latent, VAE-2: stimulus)."""
+    """Heads of the screening pass (VAE-1: whole cross-modal output + latent; VAE-2:
+    stimulus). VAE-1's per-output head ``cross_outputs`` follows on selected units."""
     return ("stimulus",) if hasattr(model, "decode_stimulus") else ("cross", "latent")
 
 
@@ -53,6 +58,7 @@ def _decode(model: Any, head: str, kind: str, mu: torch.Tensor, logvar: torch.Te
     if head == "stimulus":
         m, lv = model.decode_stimulus(mu)
         return m[:, :, None], lv[:, :, None]
+    # cross_outputs: the other modality's outputs
     if kind == "eeg":  # masked EEG moves the fMRI prediction, one group per voxel
         m, lv = model.decode_fmri(mu)
         return m.reshape(m.shape[0], -1, 1), lv.reshape(lv.shape[0], -1, 1)
@@ -151,22 +157,24 @@ def _context_inputs(data: MaskingData, kind: str, context: str, x_eeg=None, x_fm
 
 
 def _unmasked_heads(model, data, kind, heads, device, batch_size, context):
+    """Unmasked ``(mean, logvar)`` per head (not ``cross``), constant log-variances, and the
+    posterior mean of every window."""
     mu, lv = _windows_forward(model, *_context_inputs(data, kind, context), device, batch_size)
     out, const = {}, {}
     with torch.no_grad():
-        for head in heads:
+        for head in (h for h in heads if h != "cross"):
             parts = [_decode(model, head, kind, mu[s : s + batch_size], lv[s : s + batch_size])
                      for s in range(0, mu.shape[0], batch_size)]
             m, v = (torch.cat([p[i] for p in parts]) for i in range(2))
             # a predictive variance that is the same in every window is input-independent
             const[head] = v[0] if head != "latent" and bool((v == v[:1]).all()) else None
             out[head] = (m.double().cpu().numpy(), v.double().cpu().numpy())
-    return out, const
+    return out, const, mu
 
 
 def _targets(data: MaskingData, kind: str, head: str) -> np.ndarray | None:
     """Observed value of every output of a head in every window, ``(N, G, K)``."""
-    if head == "latent":
+    if head in ("latent", "cross"):  # no observation / see omnibus.output_targets
         return None
     if head == "stimulus":
         return np.asarray(data.stimulus, dtype=np.float64)[:, :, None]
@@ -181,21 +189,13 @@ def _deltas(data: MaskingData, kind: str, base: np.ndarray, win, pos) -> np.ndar
     return base[win, pos] - np.asarray(data.x_fmri[win, pos], dtype=np.float32)
 
 
-def _chunks(starts: np.ndarray, batch_size: int):
-    """Consecutive unit ranges holding at most ``batch_size`` occurrences (>= 1 unit)."""
-    u, n_units = 0, len(starts) - 1
-    while u < n_units:
-        end = int(np.searchsorted(starts, starts[u] + batch_size, side="right")) - 1
-        end = max(end, u + 1)
-        yield u, min(end, n_units)
-        u = end
-
-
 def _model_name(model: Any) -> str:
     return "vae2" if hasattr(model, "decode_stimulus") else "vae1"
 
 
 def _output_names(model, kind, head, g: int, output_names) -> list[str]:
+    if head == "cross":  # the whole prediction of the other modality
+        return ["fmri" if kind == "eeg" else "eeg"]
     if output_names and head in output_names:
         return list(output_names[head])
     if head == "stimulus":
@@ -205,6 +205,47 @@ def _output_names(model, kind, head, g: int, output_names) -> list[str]:
     prefix = {"latent": "latent", "stimulus": "feature"}.get(
         head, "voxel" if kind == "eeg" else "eegtime")
     return [f"{prefix}-{i}" for i in range(g)]
+
+
+def _context(model, data, kind, *, baseline, measure, pvalue, n_null, n_boot, batch_size,
+             context, device, rng, heads) -> PassContext:
+    """Everything the passes over one model and unit kind share."""
+    ref, const_lv, mu0 = _unmasked_heads(model, data, kind, heads, device, batch_size, context)
+    targets = {h: _targets(data, kind, h) for h in heads}
+    moments = {h: st.pool_moments(y) for h, y in targets.items()
+               if y is not None and pvalue == "gaussian"}
+    omnibus = None
+    if "cross" in heads:
+        decoder = affine_decoder(model.fmri_decoder if kind == "eeg" else model.eeg_decoder)
+        if decoder is None:
+            raise ValueError("VAE-1's decoders must be affine in their features with an "
+                             "input-independent variance (GaussianDecoder) for masking.")
+        omnibus = OmnibusTables(decoder, mu0, output_targets(data.x_eeg, data.x_fmri, kind))
+    base = compute_baseline(data, kind, baseline)
+    return PassContext(
+        model=model, kind=kind, engine=_Engine(model, data, kind, device, batch_size, context),
+        decode=lambda head, mu, lv: _decode(model, head, kind, mu, lv), ref=ref,
+        const_lv=const_lv, targets=targets, moments=moments, omnibus=omnibus,
+        occurrences_of=lambda units: occurrences(data, kind, units),
+        deltas=lambda win, pos: _deltas(data, kind, base, win, pos), measure=measure,
+        pvalue=pvalue, n_null=n_null, n_boot=n_boot, batch_size=batch_size, rng=rng)
+
+
+def _effects(ctx: PassContext, head: str, units, starts, stats, output_names
+             ) -> st.HeadEffects:
+    g = stats["smd"].shape[1]
+    eff = st.HeadEffects(
+        kind=ctx.kind, model=_model_name(ctx.model), head=head, units=units,
+        outputs=_output_names(ctx.model, ctx.kind, head, g, output_names),
+        n_windows=np.diff(starts), smd=stats["smd"], kl=stats["kl"], dll=stats["dll"],
+        measure=ctx.measure, ci_low=stats.get("lo"), ci_high=stats.get("hi"))
+    sig = significance(stats, ctx.pvalue)
+    if sig is None:
+        eff.p = eff.z = eff.q = np.full(stats["smd"].shape, np.nan)
+    else:
+        eff.p, eff.z = sig
+        eff.q = st.fdr(eff.p)
+    return eff
 
 
 def occlusion_effects(
@@ -223,8 +264,20 @@ def occlusion_effects(
     device: str | torch.device | None = "cpu",
     seed: int = 0,
     output_names: dict[str, list[str]] | None = None,
-) -> list[Any]:
+    cross_outputs: str = "auto",
+    alpha: float = 0.05,
+) -> list[st.HeadEffects]:
     """Mask every unit of one modality and measure each head's change (fast, exact).
+
+    VAE-1's effect on the other modality is measured on its *whole* prediction (head
+    ``cross``: one test per unit, computed in the decoder's feature space without running
+    its output layer, see :mod:`bids_app.masking.omnibus`) and output by output (head
+    ``cross_outputs``). Per-output testing of every unit (``"all"``, Benjamini-Hochberg
+    over all units x outputs) costs the output layer for every masked window; with
+    ``"significant"`` the test is hierarchical (Benjamini & Bogomolov, 2014): only the
+    units the whole-prediction test selects at FDR ``alpha`` are tested output by output,
+    each unit's outputs at level ``alpha * R / m`` (``R`` of ``m`` units selected;
+    reported as q-values scaled by ``m / R``, so ``q < alpha`` marks a discovery).
 
     Parameters
     ----------
@@ -241,7 +294,8 @@ def occlusion_effects(
         Effect size reported as ``effect`` (with bootstrap interval).
     n_null, n_boot : int
         Permutation-null draws (``pvalue="permutation"`` only) and bootstrap resamples
-        per unit (heads with more than 64 outputs get t intervals over windows instead).
+        per unit (heads with more than 64 outputs, and units masked in 30 windows or more,
+        get t intervals over windows instead).
     batch_size : int
         Masked occurrences per batched pass.
     context : {"single", "joint"}
@@ -257,106 +311,71 @@ def occlusion_effects(
     seed : int
         Seed of the null draws and bootstrap resamples.
     output_names : dict | None
-        Names of the output groups per head (defaults: ``voxel-i``, ``eegtime-t``, ...).
+        Names of the outputs per head (defaults: ``voxel-i``, ``eegtime-t``, ...).
+    cross_outputs : {"auto", "significant", "all", "none"}
+        VAE-1 units tested output by output: those selected by the whole-prediction test
+        (hierarchical), every unit, or none. ``"auto"``: every unit while units x outputs
+        is at most :data:`AUTO_MAX_ELEMENTS`, the selected ones above.
+    alpha : float
+        FDR level of the selection.
 
     Returns
     -------
     list of HeadEffects
-        One per head: VAE-1 ``cross`` and ``latent``; VAE-2 ``stimulus``. p/q-values are
-        NaN for the latent head.
+        VAE-1: ``cross`` (one output: the whole prediction), ``latent`` and
+        ``cross_outputs`` (the tested units only); VAE-2: ``stimulus``. p/q-values are NaN
+        for the latent head.
     """
-    from bids_app.masking import statistics as st
-
     if kind not in UNIT_KINDS:
         raise ValueError(f"kind must be one of {UNIT_KINDS}, got {kind!r}.")
     if measure not in st.MEASURES:
         raise ValueError(f"measure must be one of {st.MEASURES}, got {measure!r}.")
     if pvalue not in ("gaussian", "permutation"):
         raise ValueError(f"pvalue must be 'gaussian' or 'permutation', got {pvalue!r}.")
+    if cross_outputs not in CROSS_OUTPUTS:
+        raise ValueError(f"cross_outputs must be one of {CROSS_OUTPUTS}, got "
+                         f"{cross_outputs!r}.")
     device = resolve_device(device)
     model = model.to(device).eval()
     heads = head_names(model, kind)
     name = _model_name(model)
     rng = np.random.default_rng([seed, UNIT_KINDS.index(kind), int(name == "vae2")])
-    ref, const_lv = _unmasked_heads(model, data, kind, heads, device, batch_size, context)
-    engine = _Engine(model, data, kind, device, batch_size, context)
-    base = compute_baseline(data, kind, baseline)
-    units, starts, occ = occurrences(data, kind, units)
-    targets = {h: _targets(data, kind, h) for h in heads}
-    moments = {h: st.pool_moments(y) for h, y in targets.items()
-               if y is not None and pvalue == "gaussian"}
-    acc: dict[str, dict[str, list]] = {h: {} for h in heads}
-    per_occ = max(int(np.prod(ref[h][0].shape[1:])) for h in heads)
-    chunk = max(1, min(batch_size, _STATS_BUDGET // per_occ))  # bounds the float64 arrays
-    for u0, u1 in _chunks(starts, chunk):
-        s0, s1 = int(starts[u0]), int(starts[u1])
-        win, pos = occ[s0:s1, 0], occ[s0:s1, 1]
-        local = starts[u0 : u1 + 1] - s0
-        delta = _deltas(data, kind, base, win, pos)
-        post = [engine.forward(win[i : i + batch_size], pos[i : i + batch_size],
-                               delta[i : i + batch_size])
-                for i in range(0, len(win), batch_size)]
-        mu1 = torch.cat([p[0] for p in post])
-        lv1 = torch.cat([p[1] for p in post])
-        for head in heads:
-            with torch.no_grad():
-                m1_t, l1_t = _decode(model, head, kind, mu1, lv1)
-                row = const_lv[head]
-                homo = row is not None and bool((l1_t == row).all())
-            m1, m0 = m1_t.double().cpu().numpy(), ref[head][0][win]
-            y = targets[head]
-            if homo:
-                smd, kl, b, c, dll = st.homoscedastic_stats(
-                    m0, m1, ref[head][1][0], None if y is None else y[win])
-                a = None
-            else:
-                l1, l0 = l1_t.double().cpu().numpy(), ref[head][1][win]
-                smd, kl = st.predictive_change(m0, l0, m1, l1)
-                if y is not None:
-                    a, b, c = st.loglik_coefficients(m0, l0, m1, l1)
-                    dll = st.loglik_change(y[win], a, b, c)
-            out = acc[head]
-            out.setdefault("smd", []).append(st.segment_mean(smd, local))
-            out.setdefault("kl", []).append(st.segment_mean(kl, local))
-            per_occ = {"smd": smd, "kl": kl}
-            if y is None:
-                dll = np.full_like(smd, np.nan)
-            else:
-                if pvalue == "gaussian":
-                    mean, sd = st.null_moments(a, b, c, moments[head], local)
-                    out.setdefault("null_mean", []).append(mean)
-                    out.setdefault("null_sd", []).append(sd)
-                elif n_null > 0:
-                    out.setdefault("null", []).append(
-                        st.null_draws(a, b, c, y, local, n_null, rng))
-            per_occ["dll"] = -dll
-            out.setdefault("dll", []).append(st.segment_mean(dll, local))
-            if n_boot > 0 and not (measure == "dll" and y is None):
-                lo, hi = (st.bootstrap_ci(per_occ[measure], local, n_boot, rng)
-                          if smd.shape[1] <= _BOOTSTRAP_MAX_OUTPUTS else
-                          st.normal_ci(per_occ[measure], local))
-                out.setdefault("lo", []).append(lo)
-                out.setdefault("hi", []).append(hi)
-    results = []
-    for head in heads:
-        # concatenate and free block lists one statistic at a time (halves the peak memory)
-        out = {k: np.concatenate(acc[head].pop(k), axis=1 if k == "null" else 0)
-               for k in list(acc[head])}
-        g = out["smd"].shape[1]
-        eff = st.HeadEffects(
-            kind=kind, model=name, head=head, units=units,
-            outputs=_output_names(model, kind, head, g, output_names),
-            n_windows=np.diff(starts), smd=out["smd"], kl=out["kl"], dll=out["dll"],
-            measure=measure, ci_low=out.get("lo"), ci_high=out.get("hi"))
-        if "null_mean" in out:
-            eff.p, eff.z = st.gaussian_pvalues(-out["dll"], out["null_mean"], out["null_sd"])
-            eff.q = st.fdr(eff.p)
-        elif "null" in out:
-            eff.p, eff.z = st.permutation_pvalues(-out["dll"], out["null"], method=pvalue)
-            eff.q = st.fdr(eff.p)
-        else:
-            eff.p = eff.z = eff.q = np.full(out["smd"].shape, np.nan)
-        results.append(eff)
-        logger.info("masked %d %s units in %s (%s head, %d outputs)", len(units), kind, name,
-                    head, g)
+    all_heads = heads + (("cross_outputs",) if "cross" in heads else ())
+    ctx = _context(model, data, kind, baseline=baseline, measure=measure, pvalue=pvalue,
+                   n_null=n_null, n_boot=n_boot, batch_size=batch_size, context=context,
+                   device=device, rng=rng, heads=all_heads)
+    units, starts, stats = run_pass(ctx, heads, units)
+    results = [_effects(ctx, h, units, starts, stats[h], output_names) for h in heads]
+    if cross_outputs == "auto" and "cross" in heads:
+        size = len(units) * int(np.prod(ctx.ref["cross_outputs"][0].shape[1:]))
+        cross_outputs = "all" if size <= AUTO_MAX_ELEMENTS else "significant"
+    if "cross" in heads and cross_outputs != "none":
+        screen = results[0]
+        selected = screen.q[:, 0] < alpha
+        tested = units if cross_outputs == "all" else units[selected]
+        t_units, t_starts, t_stats = run_pass(ctx, ("cross_outputs",), tested)
+        detail = _effects(ctx, "cross_outputs", t_units, t_starts, t_stats["cross_outputs"],
+                          output_names)
+        if cross_outputs == "significant":
+            detail.q = family_qvalues(detail.p, np.isin(t_units, units[selected]),
+                                      n_families=int(np.isfinite(screen.p).sum()))
+        results.append(detail)
+    for eff in results:
+        logger.info("masked %d %s units in %s (%s head, %d outputs)", len(eff.units), kind,
+                    name, eff.head, len(eff.outputs))
     return results
+
+
+def family_qvalues(p: np.ndarray, selected: np.ndarray, *, n_families: int) -> np.ndarray:
+    """Benjamini-Bogomolov q-values of the outputs of selected units (NaN elsewhere).
+
+    Within each selected unit (a family, one row of ``p``), Benjamini-Hochberg q-values
+    scaled by ``n_families / R`` (``R`` selected families): ``q < alpha`` exactly when BH
+    at level ``alpha * R / m`` rejects, which controls the average FDR over the selected
+    families (Benjamini & Bogomolov, 2014).
+    """
+    q = np.full(p.shape, np.nan)
+    n_sel = int(np.sum(selected))
+    for i in np.flatnonzero(selected):
+        q[i] = np.minimum(st.fdr(p[i]) * n_families / max(n_sel, 1), 1.0)
+    return q

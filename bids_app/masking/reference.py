@@ -20,6 +20,7 @@ from bids_app.masking.occlusion import (
     head_names,
     resolve_device,
 )
+from bids_app.masking.omnibus import calibrated_variance
 
 
 def naive_occlusion(
@@ -32,7 +33,7 @@ def naive_occlusion(
     units: np.ndarray | None = None,
     device: str | torch.device | None = "cpu",
     batch_size: int = 4096,
-) -> list[Any]:
+) -> list[st.HeadEffects]:
     """Reference occlusion: one full forward pass of all windows per masked unit.
 
     For each unit, a copy of every window is made with the unit set to its baseline
@@ -41,20 +42,30 @@ def naive_occlusion(
     per-unit loop of generic occlusion tools (Captum ``Occlusion``); it is slow and exists
     to check :func:`occlusion_effects`.
 
+    The whole-output head ``cross`` of VAE-1 is computed here from every output (the
+    output layer runs for each masked unit and window); ``cross_outputs`` covers every
+    unit.
+
     Parameters are those of :func:`occlusion_effects` (``units`` restricts the loop).
 
     Returns
     -------
     list of HeadEffects
         ``smd``, ``kl`` and ``dll`` filled (no statistics), heads as in
-        :func:`occlusion_effects`.
+        :func:`occlusion_effects` with ``cross_outputs="all"``.
     """
     device = resolve_device(device)
     model = model.to(device).eval()
     heads = head_names(model, kind)
-    ref, _ = _unmasked_heads(model, data, kind, heads, device, batch_size, context)
+    if "cross" in heads:
+        heads = (*heads, "cross_outputs")
+    ref, _, _ = _unmasked_heads(model, data, kind, heads, device, batch_size, context)
     base = compute_baseline(data, kind, baseline)
     units, starts, occ = occurrences(data, kind, units)
+    if "cross" in heads:  # calibrated variance: MSE of the unmasked prediction per output
+        y_all = _targets(data, kind, "cross_outputs")
+        sse = ((y_all - ref["cross_outputs"][0]) ** 2).reshape(len(y_all), -1).sum(axis=0)
+        calib = calibrated_variance(sse, len(y_all))
     acc: dict[str, dict[str, list]] = {h: {"smd": [], "kl": [], "dll": []} for h in heads}
     x_eeg = np.asarray(data.x_eeg, dtype=np.float32)
     x_fmri = np.asarray(data.x_fmri, dtype=np.float32)
@@ -67,7 +78,7 @@ def naive_occlusion(
             xf[win, pos] = base[win, pos]
         mu, lv = _windows_forward(model, *_context_inputs(data, kind, context, xe, xf), device,
                                   batch_size)
-        for head in heads:
+        for head in (h for h in heads if h != "cross"):
             with torch.no_grad():
                 m1, l1 = (t.double().cpu().numpy() for t in _decode(model, head, kind, mu, lv))
             m0, l0 = ref[head][0][win], ref[head][1][win]
@@ -78,10 +89,17 @@ def naive_occlusion(
                     - st.gaussian_loglik(y[win], m0, l0)).sum(axis=-1))
             for key, val in (("smd", smd), ("kl", kl), ("dll", dll)):
                 acc[head][key].append(val.mean(axis=0))
+            if head == "cross_outputs":  # the whole prediction, calibrated variance
+                m1f, m0f, yf = (x.reshape(len(win), -1) for x in (m1[win], m0, y[win]))
+                d2 = ((m1f - m0f) ** 2 / calib).sum(axis=1)
+                dll_all = (((yf - m0f) ** 2 - (yf - m1f) ** 2) / (2 * calib)).sum(axis=1)
+                for key, val in (("smd", np.sqrt(d2 / m0f.shape[1])), ("kl", 0.5 * d2),
+                                 ("dll", dll_all)):
+                    acc["cross"][key].append(np.atleast_1d(val.mean(axis=0)))
     name = _model_name(model)
     return [
         st.HeadEffects(kind=kind, model=name, head=h, units=units,
-                       outputs=_output_names(model, kind, h, acc[h]["smd"][0].shape[0], None),
+                       outputs=_output_names(model, kind, h, len(acc[h]["smd"][0]), None),
                        n_windows=np.diff(starts),
                        **{k: np.stack(v) for k, v in acc[h].items()})
         for h in heads

@@ -28,11 +28,15 @@ METHODS = (
     "features) was measured as standardised mean shift, KL divergence and change of the "
     "log-likelihood of the observed values. Significance compares the likelihood drop "
     "with draws in which the observed values come from randomly drawn windows; p-values "
-    "are Benjamini-Hochberg corrected over units x outputs. A unit is annotated with the "
-    "stimulus features that change in VAE-2 when it also changes VAE-1's cross-modal "
-    "prediction (q below the level in both). The fast occlusion uses rank-C (timestamp) "
-    "and rank-1 (voxel) updates of the encoders' linear input layers and equals per-unit "
-    "occlusion (Zintgraf et al. 2017; Benjamini & Hochberg 1995).",
+    "are Benjamini-Hochberg corrected over units x outputs. VAE-1 is tested on its whole "
+    "cross-modal prediction (calibrated to its error on the masked windows) and output "
+    "by output, either for every unit or, at large sizes, hierarchically for the units "
+    "the whole-prediction test selects (Benjamini & Bogomolov 2014). A unit is annotated "
+    "with the stimulus features that change in VAE-2 when it also changes VAE-1's "
+    "cross-modal prediction (q below the level in both). The fast occlusion uses rank-C "
+    "(timestamp) and rank-1 (voxel) updates of the encoders' linear input layers, scores "
+    "the whole prediction in the decoder's feature space, and equals per-unit occlusion "
+    "(Zintgraf et al. 2017; Benjamini & Hochberg 1995).",
 )
 
 
@@ -170,7 +174,8 @@ def write_group_report(models: Any, masking: Any, config: Any, writer: Any) -> P
         vt = masking.annotations.get("fmri")
         if vt is not None and len(vt) and "x" in vt:
             top = vt.sort_values("q_vae2").head(30)
-            ctx["voxel_columns"] = ("x", "y", "z", "features", "q_vae1", "q_vae2")
+            ctx["voxel_columns"] = ("x", "y", "z", "atlas_label", "features", "q_vae1",
+                                    "q_vae2")
             ctx["voxel_rows"] = [tuple(float(f"{r[c]:.3g}") if c.startswith("q") else r[c]
                                        for c in ctx["voxel_columns"])
                                  for _, r in top.iterrows()]

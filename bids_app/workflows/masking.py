@@ -32,6 +32,7 @@ from bids_app.masking.annotate import (
     voxel_maps,
     voxel_table,
 )
+from bids_app.masking.atlas import ATLAS_NAME, ATLAS_REFERENCE
 from bids_app.masking.statistics import HeadEffects
 
 logger = logging.getLogger(__name__)
@@ -234,21 +235,23 @@ def run_masking_workflow(models: Any, config: Any, writer: Any) -> MaskingResult
         for model in (models.vae1, models.vae2):
             if model is None:
                 continue
-            out_names = {"cross": names[f"cross_{kind}"]}
+            out_names = {"cross_outputs": names[f"cross_{kind}"]}
             if hasattr(model, "decode_stimulus"):
                 out_names["stimulus"] = list(windows.feature_names)
             effects += occlusion_effects(
                 model, data, kind=kind, baseline=cfg.baseline, measure=cfg.measure,
                 n_null=cfg.n_null, n_boot=cfg.n_boot, batch_size=cfg.batch_size,
                 context=cfg.context, pvalue=cfg.pvalue, device=config.execution.device,
-                seed=config.execution.random_seed, output_names=out_names)
+                seed=config.execution.random_seed, output_names=out_names,
+                cross_outputs=cfg.cross_outputs, alpha=cfg.fdr_q)
     result = MaskingResult(effects, {}, stamps)
     for kind in ("eeg", "fmri"):
         cross, stim = result.head(kind, "vae1", "cross"), result.head(kind, "vae2", "stimulus")
         if cross is None or stim is None:
             result.annotations[kind] = pd.DataFrame()
             continue
-        ann = annotate_units(cross, stim, alpha=cfg.fdr_q)
+        ann = annotate_units(cross, stim, result.head(kind, "vae1", "cross_outputs"),
+                             alpha=cfg.fdr_q)
         if kind == "eeg":
             ann = ann.merge(stamps, on="unit", how="left")
         result.annotations[kind] = ann
@@ -269,13 +272,15 @@ def _write(result: MaskingResult, windows: Any, config: Any, writer: Any) -> Non
               "NullDraws": cfg.n_null, "FDRLevel": cfg.fdr_q, "Method": "occlusion of "
               "EEG timestamps and voxels in VAE-1 and VAE-2, see docs/methods.md#masking"}
     # a table of every EEG timestamp x voxel pair would hold tens of millions of rows:
-    # by default keep the latent and stimulus heads and the significant cross effects
+    # by default keep every unit's whole-output, latent and stimulus effects and the
+    # significant per-output cross effects
     if cfg.effects_rows not in ("significant", "all"):
         raise ValueError(f"[masking] effects_rows must be 'significant' or 'all', got "
                          f"{cfg.effects_rows!r}.")
-    query = None if cfg.effects_rows == "all" else f"head != 'cross' or q < {cfg.fdr_q!r}"
-    rows = ("every unit x output" if query is None else "latent and stimulus heads: every "
-            "unit x output; cross head: rows with q < FDRLevel (voxel maps: statmaps)")
+    query = (None if cfg.effects_rows == "all" else
+             f"head != 'cross_outputs' or q < {cfg.fdr_q!r}")
+    rows = ("every unit x output" if query is None else "cross, latent and stimulus heads: "
+            "every unit x output; cross_outputs head: rows with q < FDRLevel")
     table = effects_table(result.effects, query=query)
     path = writer.build_path({"desc": "vaemask"}, "effects", ".tsv")
     result.paths["effects"] = writer.write_tsv(path, table, columns=EFFECT_COLUMNS,
@@ -307,7 +312,7 @@ def _write(result: MaskingResult, windows: Any, config: Any, writer: Any) -> Non
         result.annotations["fmri"] = vt
         path = writer.build_path({"space": SPACE, "res": res, "desc": "vaemask"}, "voxels", ".tsv")
         result.paths["voxels"] = writer.write_tsv(path, vt, columns=VOXEL_COLUMNS, sidecar={
-            **method, "AtlasLabels": "none: no labelled atlas is available offline"})
+            **method, "AtlasLabels": f"{ATLAS_NAME}: {ATLAS_REFERENCE}"})
     # the validator matches the folder itself only with "group" (no trailing slash)
     writer.add_bidsignore(["group/", "group"])
     logger.info("masking: %s", result.summary)

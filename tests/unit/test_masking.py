@@ -87,35 +87,47 @@ def _fit_and_mask(null: bool):
     return test, truth, eff, (vae1, vae2)
 
 
+_CACHE: dict[bool, tuple] = {}
+
+
+def _fit_and_mask_cached(null: bool = False):
+    if null not in _CACHE:
+        _CACHE[null] = _fit_and_mask(null)
+    return _CACHE[null]
+
+
 @pytest.fixture(scope="module")
 def planted():
-    return _fit_and_mask(null=False)
+    return _fit_and_mask_cached(null=False)
 
 
 @pytest.fixture(scope="module")
 def null_problem():
-    return _fit_and_mask(null=True)
+    return _fit_and_mask_cached(null=True)
 
 
 def test_planted_dependencies_recovered(planted):
     _, truth, eff, _ = planted
-    (cross, _latent), (stim,) = eff["eeg"]
-    # (timestamp, voxel, feature) triples: evidence in VAE-1 (timestamp -> voxel) and in
-    # VAE-2 (timestamp -> feature), combined by the weaker of the two.
-    score = np.minimum(cross.z[:, :, None], stim.z[:, None, :])
+    (cross, _latent, detail), (stim,) = eff["eeg"]
+    # (timestamp, voxel, feature) triples: evidence in VAE-1 (timestamp -> voxel; every
+    # timestamp is tested output by output) and in VAE-2 (timestamp -> feature), combined
+    # by the weaker of the two.
+    assert np.array_equal(detail.units, cross.units)
+    score = np.minimum(detail.z[:, :, None], stim.z[:, None, :])
     labels = np.zeros_like(score, dtype=bool)
     for f, vox in COUPLED.items():
         labels[np.ix_(truth[f], vox, [f])] = True
     assert auroc(score, labels) >= 0.95
-    (vcross, _), (vstim,) = eff["fmri"]
+    (vcross, _, vdetail), (vstim,) = eff["fmri"]
     vlabels = np.zeros((V, F), dtype=bool)
     for f, vox in COUPLED.items():
         vlabels[vox, f] = True
     assert auroc(vstim.z, vlabels) >= 0.95
     # annotations (q < 0.05 in both VAEs) are mostly planted (unit, feature) pairs
     correct = []
-    for ann, truth_of in ((annotate_units(cross, stim), lambda u, f: truth[f, u]),
-                          (annotate_units(vcross, vstim), lambda u, f: vlabels[u, f])):
+    for ann, truth_of in ((annotate_units(cross, stim, detail), lambda u, f: truth[f, u]),
+                          (annotate_units(vcross, vstim, vdetail),
+                           lambda u, f: vlabels[u, f])):
         for unit, feats in zip(ann["unit"], ann["features"]):
             correct += [truth_of(unit, stim.outputs.index(f)) for f in feats.split("+")]
     assert len(correct) >= 5
@@ -126,8 +138,8 @@ def test_null_false_annotations(null_problem):
     _, _, eff, _ = null_problem
     n_pairs = n_annotated = 0
     for kind in ("eeg", "fmri"):
-        (cross, _), (stim,) = eff[kind]
-        ann = annotate_units(cross, stim, alpha=0.05)
+        (cross, _, detail), (stim,) = eff[kind]
+        ann = annotate_units(cross, stim, detail, alpha=0.05)
         n_annotated += sum(len(f.split("+")) for f in ann["features"])
         n_pairs += stim.q.size
     assert n_annotated / n_pairs <= 0.05
@@ -138,13 +150,14 @@ def test_null_false_annotations(null_problem):
 
 def test_tables_and_events(planted):
     _, _, eff, _ = planted
-    (cross, latent), (stim,) = eff["eeg"]
-    table = effects_table([cross, latent, stim])
-    assert len(table) == cross.smd.size + latent.smd.size + stim.smd.size
+    (cross, latent, detail), (stim,) = eff["eeg"]
+    table = effects_table([cross, latent, detail, stim])
+    assert len(table) == cross.smd.size + latent.smd.size + detail.smd.size + stim.smd.size
     assert table["q"].dropna().between(0, 1).all()
     assert np.all(table["ci_low"] <= table["effect"] + 1e-12)
     assert np.all(table["effect"] <= table["ci_high"] + 1e-12)
-    ann = annotate_units(cross, stim, alpha=0.5)
+    ann = annotate_units(cross, stim, detail, alpha=0.5)
+    assert (ann["n_cross"] > 0).any() and ann["cross_outputs"].str.startswith("voxel-").any()
     ev = events_table(ann, pd.Series(cross.units / 25.0, index=cross.units), step_s=1 / 25.0)
     assert (ev["duration"] > 0).all()
     assert ev["onset"].is_monotonic_increasing
@@ -188,7 +201,8 @@ def test_fast_equals_naive(seed, n, c, t, stride, v, f, baseline, context, kind,
     if subset:  # a region of interest: every other unit
         units = (np.unique(idx) if kind == "eeg" else np.arange(v))[::2]
     fast = occlusion_effects(model, data, kind=kind, baseline=baseline, context=context,
-                             batch_size=batch, n_null=20, n_boot=10, seed=seed, units=units)
+                             batch_size=batch, n_null=20, n_boot=10, seed=seed, units=units,
+                             cross_outputs="all")
     ref = naive_occlusion(model, data, kind=kind, baseline=baseline, context=context,
                           units=units)
     for a_, b_ in zip(fast, ref):
@@ -297,26 +311,27 @@ def test_workflow_writes_loadable_outputs(planted, tmp_path):
     assert np.mean(hits) >= 0.8
     tidy = pd.read_parquet(result.paths["effects_parquet"])
     assert set(tidy["model"]) == {"vae1", "vae2"} and tidy["q"].max() <= 1
-    # parquet: every unit x output; TSV: non-cross heads + significant cross effects
+    # parquet: every unit x output; TSV: the same with effects_rows="all"
     assert len(tidy) == sum(e.smd.size for e in result.effects)
     tsv = pd.read_csv(result.paths["effects"], sep="\t", na_values="n/a")
     assert len(tsv) == len(tidy)
-    # default "significant": non-cross heads + cross effects with q < fdr_q in both files
+    # default "significant": other heads + per-output effects with q < fdr_q in both files
     config = config.replace("masking", effects_rows="significant")
     res2 = run_masking_workflow(models, config, DerivativesWriter(tmp_path / "s", config))
     small = pd.read_parquet(res2.paths["effects_parquet"])
     tsv = pd.read_csv(res2.paths["effects"], sep="\t", na_values="n/a")
-    cross = tidy[tidy["head"] == "cross"]
+    cross = tidy[tidy["head"] == "cross_outputs"]
     assert len(small) == len(tsv) < len(tidy)
-    assert (tsv["head"] != "cross").sum() == (tidy["head"] != "cross").sum()
-    assert (tsv["head"] == "cross").sum() == (cross["q"] < config.masking.fdr_q).sum() > 0
+    assert (tsv["head"] != "cross_outputs").sum() == (tidy["head"] != "cross_outputs").sum()
+    assert ((tsv["head"] == "cross_outputs").sum()
+            == (cross["q"] < config.masking.fdr_q).sum() > 0)
     assert result.paths["statmap_q"].name.startswith("space-MNI152NLin2009cAsym_res-3_")
     sidecar = pd.read_json(result.paths["effects"].with_suffix(".json"), typ="series")
     assert all(col in sidecar.index for col in tidy.columns)
     q_img = nib.load(result.paths["statmap_q"])
     assert q_img.shape == (5, 4, 4)
     vox = pd.read_csv(result.paths["voxels"], sep="\t")
-    assert {"x", "y", "z", "features", "q_vae1", "q_vae2"} <= set(vox.columns)
+    assert {"x", "y", "z", "features", "q_vae1", "q_vae2", "atlas_label"} <= set(vox.columns)
     # the group report renders with the masking results (and without any results)
     from bids_app.report.group import write_group_report
 
@@ -410,3 +425,104 @@ def test_window_selection_keeps_observed_stimulus(planted, tmp_path, caplog):
     with caplog.at_level("WARNING"):
         assert run_masking_workflow(models, config, DerivativesWriter(tmp_path, config)) is None
     assert "masking skipped" in caplog.text
+
+
+def test_whole_prediction_tables_equal_per_output_sums():
+    """Feature-space statistics equal the sums over every output, null moments included."""
+    from bids_app.masking.omnibus import OmnibusTables, affine_decoder
+    from bids_app.models.layers import GaussianDecoder
+
+    torch.manual_seed(2)
+    rng = np.random.default_rng(2)
+    dec = GaussianDecoder(3, 8, (2, 5), n_layers=2, variance="element")
+    with torch.no_grad():
+        dec.logvar.add_(0.5 * torch.randn_like(dec.logvar))
+    aff = affine_decoder(dec)
+    assert aff is not None and aff.weight.shape == (10, 11)
+    n, n_occ = 20, 9
+    mu0 = torch.randn(n, 3)
+    y = rng.standard_normal((n, 10)) + rng.standard_normal((n, 1))  # correlated outputs
+    tables = OmnibusTables(aff, mu0, y, chunk=7)
+    win = rng.integers(0, n, n_occ)
+    mu1 = mu0[win] + 0.3 * torch.randn(n_occ, 3)
+    got = tables.occurrences(mu1, win)
+    with torch.no_grad():
+        m_all = dec(mu0)[0].reshape(n, 1, 10).double().numpy()
+        m1 = dec(mu1)[0].reshape(n_occ, 1, 10).double().numpy()
+    m0 = m_all[win]
+    # the calibrated variance: mean squared error of the unmasked prediction per output
+    lv = np.log(((y[:, None] - m_all) ** 2).mean(axis=0))
+    np.testing.assert_allclose(np.log(tables.variance), lv[0], rtol=1e-6)
+    _, kl, b, c, dll = mst.homoscedastic_stats(m0, m1, lv, y[win][:, None])
+    starts = np.arange(n_occ + 1)  # one occurrence per "unit": per-occurrence moments
+    mean, sd = mst.null_moments(None, b, c, mst.pool_moments(y[:, None]), starts)
+    np.testing.assert_allclose(got["q"], 2 * kl[:, 0], rtol=1e-5)
+    np.testing.assert_allclose(got["dll"], dll[:, 0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(-got["null_mean"], mean[:, 0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.sqrt(got["null_var"]), sd[:, 0], rtol=1e-5)
+    # a zero residual output layer makes the decoder linear in z: same statistics
+    with torch.no_grad():
+        dec.net[-1].weight.zero_()
+    lin = affine_decoder(dec)
+    assert lin.linear and lin.weight.shape == (10, 3)
+    full = OmnibusTables(aff.__class__(dec, np.hstack([lin.weight, np.zeros((10, 8))]),
+                                       lin.bias), mu0, y)
+    fast = OmnibusTables(lin, mu0, y).occurrences(mu1, win)
+    for key in ("q", "dll", "null_mean", "null_var"):
+        np.testing.assert_allclose(fast[key], full.occurrences(mu1, win)[key], rtol=1e-5,
+                                   atol=1e-6)
+    # a decoder that is not affine in its features is refused (caller must fall back)
+    dec.net.append(torch.nn.Tanh())
+    assert affine_decoder(dec) is None
+
+
+def test_hierarchical_selection_and_family_qvalues():
+    """Selected units get the same per-output effects as testing every unit; q-values
+    are BH within the unit scaled by units tested / units selected."""
+    from bids_app.masking.occlusion import family_qvalues
+
+    p = np.array([[0.001, 0.2, 0.03], [0.5, 0.01, 0.04], [0.01, 0.02, 0.03]])
+    q = family_qvalues(p, np.array([True, True, False]), n_families=6)
+    assert np.isnan(q[2]).all()
+    np.testing.assert_allclose(q[0], np.minimum(mst.fdr(p[0]) * 3, 1))
+    test, _, _, (vae1, _) = _fit_and_mask_cached()
+    kw = {"kind": "eeg", "n_boot": 0, "seed": 1}
+    screen, _, sel = occlusion_effects(vae1, test, cross_outputs="significant", **kw)
+    *_, every = occlusion_effects(vae1, test, cross_outputs="all", **kw)
+    chosen = screen.units[screen.q[:, 0] < 0.05]
+    assert len(chosen) > 0 and np.array_equal(sel.units, chosen)
+    rows = np.searchsorted(every.units, chosen)
+    for key in ("smd", "kl", "dll", "p"):
+        np.testing.assert_allclose(getattr(sel, key), getattr(every, key)[rows], rtol=1e-10)
+    assert np.nanmin(sel.q) < 0.05
+
+
+def test_hierarchical_mode_recovers_planted_timestamps(planted):
+    """The whole-prediction test selects planted timestamps (measured 12 of 12 planted),
+    and the hierarchical annotations name planted features and coupled voxels."""
+    test, truth, eff, (vae1, _) = planted
+    (stim,) = eff["eeg"][1]
+    cross, _, detail = occlusion_effects(vae1, test, kind="eeg", cross_outputs="significant",
+                                         n_boot=0, seed=3)
+    selected = cross.q[:, 0] < 0.05
+    planted_t = truth.any(axis=0)
+    assert selected.sum() >= 8 and planted_t[selected].mean() >= 0.9
+    assert auroc(cross.z[:, 0], planted_t) >= 0.8  # measured 0.87
+    ann = annotate_units(cross, stim, detail)
+    feats = [truth[stim.outputs.index(f), u] for u, fs in zip(ann["unit"], ann["features"])
+             for f in fs.split("+")]
+    assert len(feats) >= 5 and np.mean(feats) >= 0.9  # measured 9 of 9
+    coupled = {f"voxel-{v}" for vox in COUPLED.values() for v in vox}
+    named = [o for outs in ann["cross_outputs"] for o in outs.split("+") if o]
+    assert len(named) >= 5 and np.mean([o in coupled for o in named]) >= 0.9
+
+
+def test_atlas_labels_offline():
+    """Nearest bundled Seitzman ROI within 10 mm; farther coordinates are unlabelled."""
+    from bids_app.masking.atlas import atlas_labels
+
+    labels, dist = atlas_labels(np.array([[-49.77, -34.36, 25.74], [10.0, -90.0, 5.0],
+                                          [0.0, 0.0, 80.0]]))
+    assert labels[0] == "Auditory (cortexL)" and dist[0] < 1e-6
+    assert labels[1].startswith("Visual") and dist[1] < 10
+    assert labels[2] == "n/a" and dist[2] > 10
