@@ -106,25 +106,31 @@ def _head_stats(ctx: PassContext, head: str, mu1, lv1, win, local, out: dict):
         homo = row is not None and bool((l1_t == row).all())
     m1, m0 = m1_t.double().cpu().numpy(), ctx.ref[head][0][win]
     y = ctx.targets[head]
+    yw, obs = (None, None) if y is None else (y[win], None)
+    if yw is not None and not np.isfinite(yw).all():  # outputs undefined in some windows
+        obs = np.isfinite(yw).all(axis=2)  # (n, G): each unit is scored where observed
+        yw = np.where(np.isfinite(yw), yw, 0.0)
     a = b = c = dll = None
     if homo:
-        smd, kl, b, c, dll = st.homoscedastic_stats(
-            m0, m1, ctx.ref[head][1][0], None if y is None else y[win])
+        smd, kl, b, c, dll = st.homoscedastic_stats(m0, m1, ctx.ref[head][1][0], yw)
     else:
         l1, l0 = l1_t.double().cpu().numpy(), ctx.ref[head][1][win]
         smd, kl = st.predictive_change(m0, l0, m1, l1)
         if y is not None:
             a, b, c = st.loglik_coefficients(m0, l0, m1, l1)
-            dll = st.loglik_change(y[win], a, b, c)
+            dll = st.loglik_change(yw, a, b, c)
     if y is None:
         dll = np.full_like(smd, np.nan)
     elif ctx.pvalue == "gaussian":
-        mean, sd = st.null_moments(a, b, c, ctx.moments[head], local)
+        mean, sd = st.null_moments(a, b, c, ctx.moments[head], local, weights=obs)
         out.setdefault("null_mean", []).append(mean)
         out.setdefault("null_sd", []).append(sd)
+    elif obs is not None:
+        raise ValueError("pvalue='permutation' needs every output observed in every masked "
+                         "window; use pvalue='gaussian'.")
     elif ctx.n_null > 0:
         out.setdefault("null", []).append(st.null_draws(a, b, c, y, local, ctx.n_null, ctx.rng))
-    return {"smd": smd, "kl": kl, "dll": dll}
+    return {"smd": smd, "kl": kl, "dll": dll, "obs": obs}
 
 
 def run_pass(ctx: PassContext, heads: tuple[str, ...], units: np.ndarray | None
@@ -159,14 +165,16 @@ def run_pass(ctx: PassContext, heads: tuple[str, ...], units: np.ndarray | None
                 occ_stats = _omnibus_stats(ctx, mu1, win, local, out)
             else:
                 occ_stats = _head_stats(ctx, head, mu1, lv1, win, local, out)
+            obs = occ_stats.get("obs")  # None: every output observed in every window
             for key in ("smd", "kl", "dll"):
-                out.setdefault(key, []).append(st.segment_mean(occ_stats[key], local))
+                out.setdefault(key, []).append(
+                    st.segment_mean(occ_stats[key], local, weights=obs))
             values = -occ_stats["dll"] if ctx.measure == "dll" else occ_stats[ctx.measure]
             if ctx.n_boot > 0 and np.isfinite(values).any():
-                few = (values.shape[1] <= _BOOTSTRAP_MAX_OUTPUTS
+                few = (obs is None and values.shape[1] <= _BOOTSTRAP_MAX_OUTPUTS
                        and np.diff(local).max() < _BOOTSTRAP_MAX_WINDOWS)
                 lo, hi = (st.bootstrap_ci(values, local, ctx.n_boot, ctx.rng) if few
-                          else st.normal_ci(values, local))
+                          else st.normal_ci(values, local, weights=obs))
                 out.setdefault("lo", []).append(lo)
                 out.setdefault("hi", []).append(hi)
     stats = {}

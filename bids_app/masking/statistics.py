@@ -163,8 +163,17 @@ def segment_sum(values: np.ndarray, starts: np.ndarray, axis: int = 0) -> np.nda
     return np.add.reduceat(values, starts[:-1], axis=axis)
 
 
-def segment_mean(values: np.ndarray, starts: np.ndarray, axis: int = 0) -> np.ndarray:
-    """Mean of ``values`` over each segment ``starts[i]:starts[i+1]`` along ``axis``."""
+def segment_mean(values: np.ndarray, starts: np.ndarray, axis: int = 0,
+                 weights: np.ndarray | None = None) -> np.ndarray:
+    """Mean of ``values`` over each segment ``starts[i]:starts[i+1]`` along ``axis``.
+
+    ``weights`` (0/1, shape of ``values``, first axis only) restricts each mean to the
+    observed entries; a segment without any is NaN.
+    """
+    if weights is not None:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return (segment_sum(np.where(weights, values, 0.0), starts)
+                    / segment_sum(weights.astype(float), starts))
     sums = segment_sum(values, starts, axis=axis)
     counts = np.diff(starts).astype(float)
     shape = [1] * values.ndim
@@ -220,17 +229,31 @@ def pool_moments(pool: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     cov : numpy.ndarray
         ``(G, 2K, 2K)``.
     """
-    y = np.concatenate([pool**2, pool], axis=-1)
-    mean = y.mean(axis=0)
-    yc = (y - mean).transpose(1, 0, 2)  # (G, N, 2K): one BLAS product per group
-    return mean, np.matmul(yc.transpose(0, 2, 1), yc) / y.shape[0]
+    observed = np.isfinite(pool).all(axis=-1)  # (N, G): a group is observed or not
+    if observed.all():
+        y = np.concatenate([pool**2, pool], axis=-1)
+        mean = y.mean(axis=0)
+        yc = (y - mean).transpose(1, 0, 2)  # (G, N, 2K): one BLAS product per group
+        return mean, np.matmul(yc.transpose(0, 2, 1), yc) / y.shape[0]
+    # moments of each group over the windows where it is observed
+    w = observed[..., None].astype(float)
+    y0 = np.where(observed[..., None], pool, 0.0)
+    y = np.concatenate([y0**2, y0], axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        n = w.sum(axis=0)  # (G, 1)
+        mean = (y * w).sum(axis=0) / n
+        yc = ((y - mean) * w).transpose(1, 0, 2)
+        cov = np.matmul(yc.transpose(0, 2, 1), yc) / n[:, :, None]
+    return mean, cov
 
 
-def null_moments(a, b, c, moments: tuple[np.ndarray, np.ndarray], starts: np.ndarray
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def null_moments(a, b, c, moments: tuple[np.ndarray, np.ndarray], starts: np.ndarray,
+                 weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Exact mean and SD of the null statistic (infinitely many window draws).
 
-    ``a`` may be None (no quadratic term, see :func:`homoscedastic_stats`).
+    ``a`` may be None (no quadratic term, see :func:`homoscedastic_stats`). ``weights``
+    (``(n, G)``, 0/1) restricts each unit's statistic to the occurrences where the group
+    is observed (the pool moments then come from its observed windows).
 
     A null draw evaluates each occurrence's ``dll`` at the values of an independently drawn
     window, so the unit's statistic ``-mean(dll)`` has mean ``-mean_i E_i`` and variance
@@ -251,6 +274,11 @@ def null_moments(a, b, c, moments: tuple[np.ndarray, np.ndarray], starts: np.nda
     e = (coef * mean_y).sum(axis=-1) + c.sum(axis=-1)
     # quadratic forms coef_i' cov_g coef_i as batched BLAS products, group by group
     var = (np.matmul(coef.transpose(1, 0, 2), cov_y).transpose(1, 0, 2) * coef).sum(axis=-1)
+    if weights is not None:
+        n = segment_sum(weights.astype(float), starts)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return (-segment_sum(np.where(weights, e, 0.0), starts) / n,
+                    np.sqrt(segment_sum(np.where(weights, var, 0.0), starts)) / n)
     n = np.diff(starts).astype(float)[:, None]
     return -segment_mean(e, starts), np.sqrt(segment_sum(var, starts)) / n
 
@@ -293,15 +321,21 @@ def gaussian_pvalues(observed: np.ndarray, mean: np.ndarray, sd: np.ndarray
     return special.ndtr(-z), z
 
 
-def normal_ci(values: np.ndarray, starts: np.ndarray, level: float = 0.95
-              ) -> tuple[np.ndarray, np.ndarray]:
+def normal_ci(values: np.ndarray, starts: np.ndarray, level: float = 0.95,
+              weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Student-t interval of each unit's mean over its windows (the bootstrap's stand-in
-    for heads with many outputs); a single window gives a zero-width interval."""
-    n = np.diff(starts).astype(float)[:, None]
-    mean = segment_mean(values, starts)
-    ss = segment_sum(values**2, starts) - n * mean**2
-    sd = np.sqrt(np.maximum(ss, 0) / np.maximum(n - 1, 1))
-    half = stats.t.ppf(0.5 + level / 2, np.maximum(n - 1, 1)) * sd / np.sqrt(n)
+    for heads with many outputs); a single window gives a zero-width interval.
+    ``weights`` (0/1) restricts it to observed entries, as in :func:`segment_mean`."""
+    if weights is None:
+        n = np.diff(starts).astype(float)[:, None]
+    else:
+        n = segment_sum(weights.astype(float), starts)
+        values = np.where(weights, values, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):  # no observed window: NaN
+        mean = segment_sum(values, starts) / n
+        ss = segment_sum(values**2, starts) - n * mean**2
+        sd = np.sqrt(np.maximum(ss, 0) / np.maximum(n - 1, 1))
+        half = stats.t.ppf(0.5 + level / 2, np.maximum(n - 1, 1)) * sd / np.sqrt(n)
     return mean - half, mean + half
 
 

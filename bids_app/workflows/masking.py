@@ -83,7 +83,8 @@ def _voxel_neighbors(ijk: np.ndarray) -> np.ndarray:
     return out
 
 
-def masking_data(windows: Any, index: np.ndarray) -> tuple[MaskingData, pd.DataFrame]:
+def masking_data(windows: Any, index: np.ndarray, *, partial_stimulus: bool = True
+                 ) -> tuple[MaskingData, pd.DataFrame]:
     """Arrays of the selected windows and the table of their absolute EEG timestamps.
 
     Parameters
@@ -92,6 +93,9 @@ def masking_data(windows: Any, index: np.ndarray) -> tuple[MaskingData, pd.DataF
         All group windows.
     index : numpy.ndarray
         Windows to mask.
+    partial_stimulus : bool
+        Test each stimulus feature on the windows where it is defined (else only features
+        defined in every window), see :func:`_observed_stimulus`.
 
     Returns
     -------
@@ -109,7 +113,8 @@ def masking_data(windows: Any, index: np.ndarray) -> tuple[MaskingData, pd.DataF
     key = run_codes[:, None].astype(np.int64) * (1 << 40) + (samples - samples.min())
     uniq, first, inverse = np.unique(key.ravel(), return_index=True, return_inverse=True)
     stim = (np.zeros((len(index), 0), np.float32) if windows.stimulus is None
-            else _observed_stimulus(windows.stimulus[index], list(windows.feature_names)))
+            else _observed_stimulus(windows.stimulus[index], list(windows.feature_names),
+                                    partial=partial_stimulus))
     data = MaskingData(
         x_eeg=np.asarray(windows.eeg[index], dtype=np.float32),
         x_fmri=np.asarray(windows.fmri[index], dtype=np.float32),
@@ -144,20 +149,26 @@ def _select_windows(models: Any, config: Any) -> np.ndarray:
     return idx
 
 
-def _observed_stimulus(stimulus: np.ndarray, names: list[str]) -> np.ndarray:
-    """Stimulus targets with every feature not observed in all windows set to NaN.
+def _observed_stimulus(stimulus: np.ndarray, names: list[str], *, partial: bool = True
+                       ) -> np.ndarray:
+    """Stimulus targets of the masked windows, NaN where a feature is undefined.
 
-    A NaN feature gets NaN p-values (left out of the FDR and the annotations), so a
-    feature is tested only on windows where it is defined (e.g. movie features are not
-    tested on held-out checkerboard runs).
+    With ``partial`` (Gaussian p-values), each feature is tested on the windows where it is
+    defined (e.g. movie features on the held-out movie runs, the checkerboard on the
+    checkerboard runs); without it (permutation p-values), a feature not observed in every
+    window is set to NaN everywhere and left untested. NaN p-values are left out of the FDR
+    and of the annotations.
     """
     stimulus = np.array(stimulus, dtype=np.float32)
-    full = np.isfinite(stimulus).all(axis=0)
-    stimulus[:, ~full] = np.nan
+    observed = np.isfinite(stimulus)
+    keep = observed.any(axis=0) if partial else observed.all(axis=0)
+    stimulus[:, ~keep] = np.nan
     if len(names) == stimulus.shape[1]:
-        logger.info("masking: stimulus features tested: %s; not observed in every masked "
-                    "window (untested): %s", ", ".join(np.asarray(names)[full]) or "none",
-                    ", ".join(np.asarray(names)[~full]) or "none")
+        counts = observed.sum(axis=0)
+        tested = [f"{n} ({c} windows)" for n, c, k in zip(names, counts, keep) if k]
+        logger.info("masking: stimulus features tested: %s; untested: %s",
+                    ", ".join(tested) or "none",
+                    ", ".join(np.asarray(names)[~keep]) or "none")
     return stimulus
 
 
@@ -227,7 +238,7 @@ def run_masking_workflow(models: Any, config: Any, writer: Any) -> MaskingResult
         logger.warning("masking skipped: no window to mask (masking.windows = %r; with "
                        "VAE-2 a window needs an observed stimulus feature).", cfg.windows)
         return None
-    data, stamps = masking_data(windows, index)
+    data, stamps = masking_data(windows, index, partial_stimulus=cfg.pvalue == "gaussian")
     names = {"cross_eeg": [f"voxel-{v}" for v in range(data.x_fmri.shape[1])],
              "cross_fmri": [f"eegtime-{t}" for t in range(data.x_eeg.shape[2])]}
     effects: list[HeadEffects] = []

@@ -415,10 +415,17 @@ def test_window_selection_keeps_observed_stimulus(planted, tmp_path, caplog):
     idx = _select_windows(models, config)
     np.testing.assert_array_equal(idx, np.arange(n // 4, n))
     data, _ = masking_data(ws, idx)
-    assert np.isfinite(data.stimulus[:, 0]).all() and np.isnan(data.stimulus[:, 1]).all()
+    # motion is tested on the windows where it is defined (Gaussian p-values)...
+    assert np.isfinite(data.stimulus[:, 0]).all()
+    gap = n // 2 - n // 4
+    assert np.isnan(data.stimulus[:gap, 1]).all() and np.isfinite(data.stimulus[gap:, 1]).all()
+    # ...and left out entirely with permutation p-values
+    strict, _ = masking_data(ws, idx, partial_stimulus=False)
+    assert np.isnan(strict.stimulus[:, 1]).all()
     result = run_masking_workflow(models, config, DerivativesWriter(tmp_path, config))
     stim_eff = result.head("eeg", "vae2", "stimulus")
-    assert np.isfinite(stim_eff.p[:, 0]).all() and np.isnan(stim_eff.q[:, 1]).all()
+    assert np.isfinite(stim_eff.p[:, 0]).all()
+    assert np.isfinite(stim_eff.p[:, 1]).any() and np.isnan(stim_eff.p[:, 1]).any()
     assert (stim_eff.q[:, 0] < 0.05).any()  # luminance still detected on its windows
     # no window with a stimulus: masking is skipped with a warning, not a crash
     ws.stimulus = np.full_like(stim, np.nan)
@@ -526,3 +533,30 @@ def test_atlas_labels_offline():
     assert labels[0] == "Auditory (cortexL)" and dist[0] < 1e-6
     assert labels[1].startswith("Visual") and dist[1] < 10
     assert labels[2] == "n/a" and dist[2] > 10
+
+
+def test_partly_observed_feature_equals_masking_its_windows(planted):
+    """A feature undefined in some windows gets, for every unit, the statistics of masking
+    only the windows where it is defined (units in no such window: NaN)."""
+    test, _, _, (_, vae2) = planted
+    half = test.n_windows // 2
+    stim = np.array(test.stimulus)
+    stim[:half, 1] = np.nan  # motion undefined in the first half of the windows
+    part = MaskingData(test.x_eeg, test.x_fmri, stim, test.eeg_units)
+    sub = MaskingData(test.x_eeg[half:], test.x_fmri[half:], test.stimulus[half:],
+                      test.eeg_units[half:])
+    kw = {"kind": "eeg", "n_boot": 0, "seed": 0}
+    (full,) = occlusion_effects(vae2, part, **kw)
+    (only,) = occlusion_effects(vae2, sub, **kw)
+    # units whose windows all lie in the second half
+    first = np.unique(test.eeg_units[:half])
+    inside = ~np.isin(full.units, first)
+    rows = np.searchsorted(only.units, full.units[inside])
+    assert np.array_equal(only.units[rows], full.units[inside]) and inside.sum() > 50
+    for key in ("smd", "kl", "dll", "z", "p"):
+        np.testing.assert_allclose(getattr(full, key)[inside, 1], getattr(only, key)[rows, 1],
+                                   rtol=1e-9, atol=1e-12, err_msg=key)
+    only_first = ~np.isin(full.units, np.unique(test.eeg_units[half:]))
+    assert np.isnan(full.p[only_first, 1]).all() and np.isfinite(full.p[:, 0]).all()
+    with pytest.raises(ValueError, match="permutation"):
+        occlusion_effects(vae2, part, kind="eeg", pvalue="permutation", n_null=10)
