@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 from bids_app import __version__
 from bids_app.config import Config, ConfigError, load_config
 from bids_app.errors import InputError
+from bids_app.utils import limit_threads
 
 if TYPE_CHECKING:
     from bids_app.workflows.participant import LevelResult
@@ -353,18 +354,6 @@ def execute(config: Config) -> LevelResult:
                 result = LevelResult(failures=[Failure(level, str(err), crash)])
             logger.info("Log written to %s", log_file)
             return result
-
-
-def limit_threads(n_threads: int) -> None:
-    """Cap BLAS/OpenMP threads (``--omp-nthreads``) for this process and its children."""
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                "NUMEXPR_NUM_THREADS"):
-        os.environ[var] = str(n_threads)
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
-        return
-    threadpool_limits(n_threads)
 
 
 def run_bids_app(args: argparse.Namespace) -> int:

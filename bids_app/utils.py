@@ -196,3 +196,24 @@ class Timer:
 
     def __exit__(self, *exc: object) -> None:
         self.seconds = time.perf_counter() - self.start
+
+
+def limit_threads(n_threads: int) -> None:
+    """Cap the BLAS, OpenMP and torch threads of this process (and its children).
+
+    ``--omp-nthreads`` in the main process, and ``cpu_count // nprocs`` in each worker:
+    otherwise each process starts one thread per core and processes x threads
+    oversubscribe the machine. Environment variables cover libraries initialised later
+    (torch, numexpr) and child processes.
+    """
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                "NUMEXPR_NUM_THREADS"):
+        os.environ[var] = str(n_threads)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
+        pass
+    else:
+        threadpool_limits(n_threads)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n_threads)

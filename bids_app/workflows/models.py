@@ -88,6 +88,34 @@ def _versions() -> dict[str, str]:
     return {"eegfmri": __version__, "torch": torch.__version__, "numpy": np.__version__}
 
 
+def initialise_vae1(model: Any, arrays: Any, train_idx: np.ndarray, mc: Any, *,
+                    seed: int) -> None:
+    """Apply the configured VAE-1 initialisation (``[model] pca_init`` and its settings).
+
+    Parameters
+    ----------
+    model : MultimodalVAE
+        Freshly built VAE-1, changed in place.
+    arrays : mapping
+        ``{"eeg", "fmri"}`` window arrays (memory maps are fine).
+    train_idx : numpy.ndarray
+        Training windows the PCA is fitted on.
+    mc : ModelConfig
+        The ``[model]`` section.
+    seed : int
+        Seed of the window subsample.
+    """
+    if not mc.pca_init:
+        return
+    from bids_app.models.initialise import init_from_pca
+
+    restrict = mc.pca_mode == "block" and mc.cross_experts != "all"
+    cross = tuple(x.strip() for x in mc.cross_experts.split(",") if x.strip())
+    init_from_pca(model, arrays, train_idx, mode=mc.pca_mode, seed=seed,
+                  expert_precision=mc.expert_precision, freeze_linear=restrict,
+                  cross_experts=cross if restrict else None)  # fmt: skip
+
+
 def train_group_models(
     windows: WindowSet, config: Any, *, checkpoint_dir: Path | None = None
 ) -> tuple[dict[str, Any], dict[str, TrainResult], dict[str, np.ndarray], dict[str, Any]]:
@@ -135,14 +163,7 @@ def train_group_models(
     if min(len(sp["train"]), len(sp["val"])) == 0:
         raise InputError("Too few windows to train the group models (need train and val).")
     model = make_model("vae1", seed=seed, **common)
-    if mc.pca_init:
-        from bids_app.models.initialise import init_from_pca
-
-        restrict = mc.pca_mode == "block" and mc.cross_experts != "all"
-        cross = tuple(x.strip() for x in mc.cross_experts.split(",") if x.strip())
-        init_from_pca(model, arrays, sp["train"], mode=mc.pca_mode, seed=seed,
-                      expert_precision=mc.expert_precision, freeze_linear=restrict,
-                      cross_experts=cross if restrict else None)  # fmt: skip
+    initialise_vae1(model, arrays, sp["train"], mc, seed=seed)
     results["vae1"] = fit(model, arrays, sp["train"], sp["val"], checkpoint=ckpt("vae1"),
                           include_initial=mc.pca_init, **train_kw)  # fmt: skip
     models["vae1"] = results["vae1"].model

@@ -23,6 +23,7 @@ import numpy as np
 
 from bids_app.errors import EegfmriError, InputError
 from bids_app.io.bids import BidsInput, RunFiles, load_filter_file
+from bids_app.utils import limit_threads
 
 logger = logging.getLogger(__name__)
 
@@ -347,36 +348,13 @@ def run_participant_level(config: Any, *, stages: dict[str, Any] = STAGES
 _WORKER: dict[str, Any] = {}
 
 
-def limit_worker_threads(n_threads: int) -> None:
-    """Cap the BLAS, OpenMP and torch threads of this (worker) process at ``n_threads``.
-
-    Each of ``--nprocs`` worker processes would otherwise start one BLAS/OpenMP/torch
-    thread per core, so that processes x threads oversubscribe the machine. Environment
-    variables cover libraries initialised later in the process (torch, numexpr).
-    """
-    import os
-    import sys
-
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                "NUMEXPR_NUM_THREADS"):
-        os.environ[var] = str(n_threads)
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
-        pass
-    else:
-        threadpool_limits(n_threads)
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(n_threads)
-
-
 def _subject_job(subject: str, runs: list[RunFiles], rejected: list[RunOutcome]
                  ) -> tuple[list[RunOutcome], LevelResult]:
     """One subject in a worker process; stage results are dropped (the report is written)."""
     from bids_app.io.derivatives import DerivativesWriter
 
     config, stages = _WORKER["config"], _WORKER["stages"]
-    limit_worker_threads(_WORKER["threads"])
+    limit_threads(_WORKER["threads"])
     writer = DerivativesWriter(config.execution.output_dir, config)
     partial = LevelResult()
     outcomes = run_subject(subject, runs, config, writer, partial, stages=stages,

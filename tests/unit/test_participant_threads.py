@@ -14,14 +14,14 @@ def _limited_info(n_threads: int) -> tuple[list[int], str, int]:
     import torch
     from threadpoolctl import threadpool_info, threadpool_limits
 
-    from bids_app.workflows.participant import limit_worker_threads
+    from bids_app.utils import limit_threads
 
     np.ones((4, 4)) @ np.ones((4, 4))  # BLAS loaded
     threadpool_limits(n_threads + 1)  # as a worker inherits them from a many-core parent
     torch.set_num_threads(n_threads + 1)
     os.environ["OMP_NUM_THREADS"] = str(n_threads + 1)
     assert torch.get_num_threads() == n_threads + 1
-    limit_worker_threads(n_threads)
+    limit_threads(n_threads)
     return ([p["num_threads"] for p in threadpool_info()], os.environ["OMP_NUM_THREADS"],
             torch.get_num_threads())
 
