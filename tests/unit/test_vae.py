@@ -207,7 +207,8 @@ def test_vae1_reconstruction_vs_pca_on_held_out_runs(trained_vae1):
     # linear dimensions (3 sources x sine/cosine) of which a 3 + 3 latent holds 3, as
     # EEG-only PCA does (0.3127); see docs/benchmarks.md.
     assert ev["ev_fmri"] > ev["ev_pca_fmri"] + 0.002
-    assert ev["ev_eeg"] > ev["ev_pca_eeg"]  # at this seed; not a robust win (see above)
+    # EEG: a tie with PCA, not a win (+0.0003 here, -0.0016 to +0.0006 over other splits)
+    assert abs(ev["ev_eeg"] - ev["ev_pca_eeg"]) < 0.002
     assert ev["ev_eeg"] > ev["ev_pca_block_eeg"] - 0.0005  # training costs EEG nothing
     assert ev["best_epoch"] > 10  # training moved away from the PCA start
     # the EEG expert's learned confidence about the fMRI dimensions is over-confident on
