@@ -125,13 +125,14 @@ class OmnibusTables:
         wp = decoder.weight / self.variance[:, None]  # V^-1 W, (F, P)
         self.a = decoder.weight.T @ wp
         p = wp.shape[1]
-        self.kappa, self.lam = np.empty((n, p)), np.empty((n, p))
+        # W' V^-1 y and W' V^-1 m0 of every window (rho = their difference)
+        self.y_proj, self.m0_proj = np.empty((n, p)), np.empty((n, p))
         gram = np.zeros((p, p))
         for s in range(0, n, chunk):
             y = np.asarray(targets[s : s + chunk], dtype=np.float64)
             m0 = self._mean(s, chunk)
-            self.kappa[s : s + chunk] = y @ wp
-            self.lam[s : s + chunk] = m0 @ wp
+            self.y_proj[s : s + chunk] = y @ wp
+            self.m0_proj[s : s + chunk] = m0 @ wp
             g = (y - ybar) @ wp
             gram += g.T @ g
         self.b = gram / max(n, 1)
@@ -152,8 +153,8 @@ class OmnibusTables:
         self._phi0 = torch.as_tensor(self.phi0, dtype=torch.float32, device=dev)
         self._proj = torch.as_tensor(proj, dtype=torch.float32, device=dev)
         self._lam = torch.as_tensor(np.maximum(lam, 0.0), dtype=torch.float32, device=dev)
-        self._rho = torch.as_tensor(np.stack([(self.kappa - self.lam) @ pinv,
-                                              (ybar @ wp - self.lam) @ pinv], axis=1),
+        self._rho = torch.as_tensor(np.stack([(self.y_proj - self.m0_proj) @ pinv,
+                                              (ybar @ wp - self.m0_proj) @ pinv], axis=1),
                                     dtype=torch.float32, device=dev)
 
     def _mean(self, start: int, chunk: int) -> np.ndarray:
@@ -189,10 +190,10 @@ class OmnibusTables:
 
         dphi = dphi.double().cpu().numpy()
         out = np.empty((n_null, len(starts) - 1))
-        base = (dphi * self.lam[win]).sum(axis=1) + 0.5 * q
+        base = (dphi * self.m0_proj[win]).sum(axis=1) + 0.5 * q
         for k in range(n_null):
-            j = rng.integers(0, len(self.kappa), size=len(win))
-            dll = (dphi * self.kappa[j]).sum(axis=1) - base
+            j = rng.integers(0, len(self.y_proj), size=len(win))
+            dll = (dphi * self.y_proj[j]).sum(axis=1) - base
             out[k] = -segment_mean(dll, starts)
         return out
 

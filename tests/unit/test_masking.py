@@ -467,6 +467,13 @@ def test_whole_prediction_tables_equal_per_output_sums():
     np.testing.assert_allclose(got["dll"], dll[:, 0], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(-got["null_mean"], mean[:, 0], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.sqrt(got["null_var"]), sd[:, 0], rtol=1e-5)
+    # permutation draws of the whole-prediction statistic follow those exact moments
+    starts = np.array([0, 3, n_occ])
+    draws = tables.null_draws(got["dphi"], got["q"], win, starts, 20000, rng)
+    exact_sd = np.sqrt(mst.segment_sum(got["null_var"], starts)) / np.diff(starts)
+    np.testing.assert_allclose(draws.mean(axis=0), -mst.segment_mean(got["null_mean"], starts),
+                               atol=4 * exact_sd.max() / np.sqrt(20000))
+    np.testing.assert_allclose(draws.std(axis=0), exact_sd, rtol=0.05)
     # a zero residual output layer makes the decoder linear in z: same statistics
     with torch.no_grad():
         dec.net[-1].weight.zero_()
