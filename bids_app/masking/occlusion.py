@@ -357,25 +357,10 @@ def occlusion_effects(
         detail = _effects(ctx, "cross_outputs", t_units, t_starts, t_stats["cross_outputs"],
                           output_names)
         if cross_outputs == "significant":
-            detail.q = family_qvalues(detail.p, np.isin(t_units, units[selected]),
-                                      n_families=int(np.isfinite(screen.p).sum()))
+            detail.q = st.family_qvalues(detail.p, np.isin(t_units, units[selected]),
+                                         n_families=int(np.isfinite(screen.p).sum()))
         results.append(detail)
     for eff in results:
         logger.info("masked %d %s units in %s (%s head, %d outputs)", len(eff.units), kind,
                     name, eff.head, len(eff.outputs))
     return results
-
-
-def family_qvalues(p: np.ndarray, selected: np.ndarray, *, n_families: int) -> np.ndarray:
-    """Benjamini-Bogomolov q-values of the outputs of selected units (NaN elsewhere).
-
-    Within each selected unit (a family, one row of ``p``), Benjamini-Hochberg q-values
-    scaled by ``n_families / R`` (``R`` selected families): ``q < alpha`` exactly when BH
-    at level ``alpha * R / m`` rejects, which controls the average FDR over the selected
-    families (Benjamini & Bogomolov, 2014).
-    """
-    q = np.full(p.shape, np.nan)
-    n_sel = int(np.sum(selected))
-    for i in np.flatnonzero(selected):
-        q[i] = np.minimum(st.fdr(p[i]) * n_families / max(n_sel, 1), 1.0)
-    return q

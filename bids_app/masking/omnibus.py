@@ -113,53 +113,53 @@ class OmnibusTables:
                  *, chunk: int = 256) -> None:
         self.decoder = decoder
         self.n_outputs = decoder.weight.shape[0]
-        self.phi0 = decoder.features(mu0).double().cpu().numpy()
+        phi0 = decoder.features(mu0).double().cpu().numpy()
+
+        def mean(start: int) -> np.ndarray:  # unmasked predictive means of one block
+            return phi0[start : start + chunk] @ decoder.weight.T + decoder.bias
+
         n = len(targets)
         ybar, sse = np.zeros(self.n_outputs), np.zeros(self.n_outputs)
         for s in range(0, n, chunk):
             y = np.asarray(targets[s : s + chunk], dtype=np.float64)
             ybar += y.sum(axis=0)
-            sse += ((y - self._mean(s, chunk)) ** 2).sum(axis=0)
+            sse += ((y - mean(s)) ** 2).sum(axis=0)
         ybar /= max(n, 1)
         self.variance = calibrated_variance(sse, n)
         wp = decoder.weight / self.variance[:, None]  # V^-1 W, (F, P)
-        self.a = decoder.weight.T @ wp
+        a = decoder.weight.T @ wp
         p = wp.shape[1]
         # W' V^-1 y and W' V^-1 m0 of every window (rho = their difference)
         self.y_proj, self.m0_proj = np.empty((n, p)), np.empty((n, p))
         gram = np.zeros((p, p))
         for s in range(0, n, chunk):
             y = np.asarray(targets[s : s + chunk], dtype=np.float64)
-            m0 = self._mean(s, chunk)
+            m0 = mean(s)
             self.y_proj[s : s + chunk] = y @ wp
             self.m0_proj[s : s + chunk] = m0 @ wp
             g = (y - ybar) @ wp
             gram += g.T @ g
-        self.b = gram / max(n, 1)
+        b = gram / max(n, 1)
         # Joint diagonalisation: with A = U S U' (range of A; B's range lies inside it),
         # s = M' dphi, M = U S^1/2 Q and Q' (S^-1/2 U' B U S^-1/2) Q = diag(lam), gives
         # dphi' A dphi = |s|^2, dphi' B dphi = sum(lam s^2) and dphi' rho = s . (M^+ rho)
         # (M^+ = Q' S^-1/2 U', a partial isometry of V^-1/2 (y - m0): no amplification).
-        evals, evecs = np.linalg.eigh(self.a)
+        evals, evecs = np.linalg.eigh(a)
         keep = evals > max(float(evals.max(initial=0.0)), 1e-300) * 1e-10
         u, root = evecs[:, keep], np.sqrt(evals[keep])
-        b_white = (u / root).T @ self.b @ (u / root)
+        b_white = (u / root).T @ b @ (u / root)
         lam, q = np.linalg.eigh(0.5 * (b_white + b_white.T))
         proj = (u * root) @ q  # M, (P, r)
         pinv = (u / root) @ q  # M^+', (P, r)
         # per-occurrence work runs in float32 on the model's device (the forward pass's
         # precision): one product gives both quadratic forms, one gather both residuals
         dev = decoder.module.skip.weight.device
-        self._phi0 = torch.as_tensor(self.phi0, dtype=torch.float32, device=dev)
+        self._phi0 = torch.as_tensor(phi0, dtype=torch.float32, device=dev)
         self._proj = torch.as_tensor(proj, dtype=torch.float32, device=dev)
         self._lam = torch.as_tensor(np.maximum(lam, 0.0), dtype=torch.float32, device=dev)
         self._rho = torch.as_tensor(np.stack([(self.y_proj - self.m0_proj) @ pinv,
                                               (ybar @ wp - self.m0_proj) @ pinv], axis=1),
                                     dtype=torch.float32, device=dev)
-
-    def _mean(self, start: int, chunk: int) -> np.ndarray:
-        """Unmasked predictive means of windows ``start:start + chunk``."""
-        return self.phi0[start : start + chunk] @ self.decoder.weight.T + self.decoder.bias
 
     def occurrences(self, mu1: torch.Tensor, win: np.ndarray) -> dict[str, np.ndarray]:
         """Per-occurrence statistics of masked posteriors ``mu1`` in windows ``win``.

@@ -387,6 +387,21 @@ def fdr(p: np.ndarray) -> np.ndarray:
     return q
 
 
+def family_qvalues(p: np.ndarray, selected: np.ndarray, *, n_families: int) -> np.ndarray:
+    """Benjamini-Bogomolov q-values of the outputs of selected units (NaN elsewhere).
+
+    Within each selected unit (a family, one row of ``p``), Benjamini-Hochberg q-values
+    scaled by ``n_families / R`` (``R`` selected families): ``q < alpha`` exactly when BH
+    at level ``alpha * R / m`` rejects, which controls the average FDR over the selected
+    families (Benjamini & Bogomolov, 2014).
+    """
+    q = np.full(p.shape, np.nan)
+    n_sel = int(np.sum(selected))
+    for i in np.flatnonzero(selected):
+        q[i] = np.minimum(fdr(p[i]) * n_families / max(n_sel, 1), 1.0)
+    return q
+
+
 def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     """Area under the ROC curve (Mann-Whitney U with mid-ranks for ties)."""
     scores, labels = np.asarray(scores, float).ravel(), np.asarray(labels, bool).ravel()

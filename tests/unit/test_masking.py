@@ -493,10 +493,8 @@ def test_whole_prediction_tables_equal_per_output_sums():
 def test_hierarchical_selection_and_family_qvalues():
     """Selected units get the same per-output effects as testing every unit; q-values
     are BH within the unit scaled by units tested / units selected."""
-    from bids_app.masking.occlusion import family_qvalues
-
     p = np.array([[0.001, 0.2, 0.03], [0.5, 0.01, 0.04], [0.01, 0.02, 0.03]])
-    q = family_qvalues(p, np.array([True, True, False]), n_families=6)
+    q = mst.family_qvalues(p, np.array([True, True, False]), n_families=6)
     assert np.isnan(q[2]).all()
     np.testing.assert_allclose(q[0], np.minimum(mst.fdr(p[0]) * 3, 1))
     test, _, _, (vae1, _) = _fit_and_mask_cached()
