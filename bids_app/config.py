@@ -162,6 +162,9 @@ class ModelConfig:
     pca_mode: str = "block"
     expert_precision: float = 100.0
     cross_experts: str = "eeg"
+    # those experts read the scores of their modality's leading principal components
+    # (0: random projections of the whole window)
+    expert_inputs: int = 16
     # after training, temper the experts' learned confidence on the validation runs
     calibrate_experts: bool = True
     stimulus_beta: float = 0.01

@@ -74,6 +74,7 @@ def fit_block_pca(
     *,
     seed: int = 0,
     max_windows: int = 2000,
+    n_leading: int = 0,
 ) -> dict[str, Any]:
     """Per-modality PCA with the components shared out by balanced eigenvalue.
 
@@ -82,6 +83,10 @@ def fit_block_pca(
     decide how many components each modality gets. Unlike the PCA of the concatenation,
     no component mixes EEG and fMRI, so one modality's noise never enters the other's
     reconstruction.
+
+    ``n_leading`` > 0 also returns each modality's ``n_leading`` leading components
+    (``"leading"``, ``(n_leading, D_m)``) and the standard deviations of their scores
+    over the windows (``"leading_sd"``), whatever the share-out.
 
     Returns
     -------
@@ -101,10 +106,13 @@ def fit_block_pca(
         mean = x.mean(0)
         x -= mean
         evals, evecs = np.linalg.eigh(x @ x.T)
-        top = np.argsort(evals)[::-1][:n_components]
+        top = np.argsort(evals)[::-1][: max(n_components, n_leading)]
         comps = (evecs[:, top].T @ x) / np.sqrt(np.maximum(evals[top], 1e-12))[:, None]
-        parts[name] = {"mean": mean, "all": comps, "scale": scale}
-        ranked += [(float(ev), name, i) for i, ev in enumerate(evals[top])]
+        parts[name] = {"mean": mean, "all": comps[:n_components], "scale": scale}
+        if n_leading:
+            parts[name]["leading"] = comps[:n_leading]
+            parts[name]["leading_sd"] = np.sqrt(np.maximum(evals[top[:n_leading]], 0) / len(x))
+        ranked += [(float(ev), name, i) for i, ev in enumerate(evals[top[:n_components]])]
     ranked.sort(key=lambda r: -r[0])
     owner = np.array([name for _, name, _ in ranked[:n_components]])
     for name, part in parts.items():

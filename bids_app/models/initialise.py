@@ -84,12 +84,34 @@ def _set_decoder(dec: GaussianDecoder, weight: np.ndarray, bias: np.ndarray) -> 
     _zero_last(dec.net)
 
 
+def _set_expert_inputs(enc: ModalityEncoder, n_lat: int, sub: dict[str, np.ndarray]) -> None:
+    """Give an expert's non-linear residual the modality's leading principal scores.
+
+    ``sub`` holds ``weight`` (K, D_m) and ``bias`` (K,) of the standardised scores of the
+    ``K`` leading components. The encoder's pre-activation rows ``n_lat : n_lat + K`` get
+    the scores and rows ``n_lat + K : n_lat + 2K`` their negatives (the residual sees
+    ``gelu(s)`` and ``gelu(-s)``, which keep the sign: ``s = gelu(s) - gelu(-s)``); the
+    other rows are zero, instead of random projections of the whole input.
+    """
+    k = sub["weight"].shape[0]
+    weight = torch.as_tensor(sub["weight"], dtype=torch.float32)
+    bias = torch.as_tensor(sub["bias"], dtype=torch.float32)
+    with torch.no_grad():
+        enc.input.weight[n_lat:].zero_()
+        enc.input.bias[n_lat:].zero_()
+        for sign, start in ((1.0, n_lat), (-1.0, n_lat + k)):
+            enc.input.weight[start : start + k] = sign * weight
+            enc.input.bias[start : start + k] = sign * bias
+
+
 def _linear_parts(
     arrays: Mapping[str, np.ndarray], idx: np.ndarray, n_lat: int, mode: str, seed: int,
-    max_windows: int,
+    max_windows: int, n_leading: int = 0,
 ) -> dict[str, dict[str, np.ndarray]]:
     """Per modality: ``weight`` (L, D_m), ``bias`` (L,) of the unscaled partial scores,
-    ``loading`` (D_m, L) and ``offset`` (D_m,) of the reconstruction, ``own`` (L,) bool."""
+    ``loading`` (D_m, L) and ``offset`` (D_m,) of the reconstruction, ``own`` (L,) bool;
+    in block mode with ``n_leading`` also ``subspace``: ``weight`` (K, D_m) and ``bias``
+    (K,) of the standardised scores of the K leading components."""
     if mode == "joint":
         pca = fit_pca_baseline(arrays, idx, n_lat, seed=seed, max_windows=max_windows)
         comp, mean, scale, d = pca["components"], pca["mean"], pca["scale"], pca["d_eeg"]
@@ -101,7 +123,8 @@ def _linear_parts(
                            "loading": c_m.T / s_m[:, None], "offset": m_m / s_m,
                            "own": np.ones(n_lat, bool)}  # fmt: skip
         return parts
-    pca = fit_block_pca(arrays, idx, n_lat, seed=seed, max_windows=max_windows)
+    pca = fit_block_pca(arrays, idx, n_lat, seed=seed, max_windows=max_windows,
+                        n_leading=n_leading)  # fmt: skip
     parts = {}
     for name in ("eeg", "fmri"):
         bp = pca[name]
@@ -112,6 +135,10 @@ def _linear_parts(
         weight[rows], bias[rows], loading[:, rows] = c * s, -(c @ m), c.T / s
         parts[name] = {"weight": weight, "bias": bias, "loading": loading, "offset": m / s,
                        "own": np.isin(np.arange(n_lat), rows)}  # fmt: skip
+        if n_leading:
+            lead, lsd = bp["leading"], np.maximum(bp["leading_sd"], 1e-12)
+            parts[name]["subspace"] = {"weight": lead * s / lsd[:, None],
+                                       "bias": -(lead @ m) / lsd}  # fmt: skip
     return parts
 
 
@@ -126,6 +153,7 @@ def init_from_pca(
     other_precision: float = 0.01,
     freeze_linear: bool = False,
     cross_experts: tuple[str, ...] | None = None,
+    expert_inputs: int = 0,
     max_windows: int = 2000,
 ) -> MultimodalVAE:
     """Initialise the linear paths of VAE-1 from a PCA of the training windows.
@@ -161,6 +189,13 @@ def init_from_pca(
         encoders and of both decoders are zero and frozen. Training then learns what a
         modality says about the other (e.g. EEG power -> BOLD) without refitting each
         modality's PCA to the training runs. None leaves every residual free.
+    expert_inputs : int
+        With ``cross_experts``: the non-linear residual of each expert listed reads the
+        standardised scores of its modality's ``expert_inputs`` leading principal
+        components (and their negatives) instead of random projections of the whole
+        input (rows ``latent_dim`` to ``latent_dim + 2 * expert_inputs`` of the
+        encoder's input layer; the other rows are zeroed). 0 keeps the random
+        projections. Reduced (with a warning) to what ``hidden_dim`` holds.
     max_windows : int
         Windows used by the PCA.
 
@@ -177,7 +212,14 @@ def init_from_pca(
     n_lat = model.latent_dim
     rng = np.random.default_rng(seed)
     idx = np.sort(rng.permutation(np.asarray(train_idx))[:max_windows])
-    parts = _linear_parts(arrays, idx, n_lat, mode, seed, max_windows)
+    n_inputs = int(expert_inputs) if cross_experts else 0
+    room = (min(model.eeg_encoder.input.out_features, model.fmri_encoder.input.out_features)
+            - n_lat) // 2  # fmt: skip
+    if n_inputs > room:
+        logger.warning("expert_inputs %d does not fit hidden_dim %d with latent_dim %d; "
+                       "using %d.", n_inputs, model.hidden_dim, n_lat, max(room, 0))  # fmt: skip
+        n_inputs = max(room, 0)
+    parts = _linear_parts(arrays, idx, n_lat, mode, seed, max_windows, n_leading=n_inputs)
     # standard deviation of each latent's score over the training windows
     score = sum(
         np.asarray(arrays[n][idx], dtype=np.float64).reshape(len(idx), -1) @ p["weight"].T
@@ -209,6 +251,9 @@ def init_from_pca(
             if name not in cross_experts:
                 enc.body.net.requires_grad_(False)
             dec.net.requires_grad_(False)
+    for name in names if n_inputs else ():
+        enc = model.eeg_encoder if name == "eeg" else model.fmri_encoder
+        _set_expert_inputs(enc, n_lat, parts[name]["subspace"])
     owners = {n: int(p["own"].sum()) for n, p in parts.items()}
     logger.info("VAE-1 initialised from the %s PCA of %d windows (latent dims held: %s)",
                 mode, len(idx), owners)  # fmt: skip
@@ -287,3 +332,4 @@ def calibrate_experts(
         logger.info("%s expert: log-variance offset %.1f (validation loss %.4g -> %.4g)",
                     name, best, losses[0], min(losses))  # fmt: skip
     return chosen
+

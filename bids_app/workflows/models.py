@@ -113,7 +113,8 @@ def initialise_vae1(model: Any, arrays: Any, train_idx: np.ndarray, mc: Any, *,
     cross = tuple(x.strip() for x in mc.cross_experts.split(",") if x.strip())
     init_from_pca(model, arrays, train_idx, mode=mc.pca_mode, seed=seed,
                   expert_precision=mc.expert_precision, freeze_linear=restrict,
-                  cross_experts=cross if restrict else None)  # fmt: skip
+                  cross_experts=cross if restrict else None,
+                  expert_inputs=mc.expert_inputs)  # fmt: skip
 
 
 def train_group_models(
