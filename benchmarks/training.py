@@ -111,6 +111,7 @@ def train_only(args: argparse.Namespace) -> dict:
         n_voxels=arrays["fmri"].shape[1],
         latent_dim=16,
         hidden_dim=256,
+        eeg_decoder_rank=Config().model.eeg_decoder_rank,
     )
     n_params = sum(p.numel() for p in model.parameters())
     t0 = time.perf_counter()

@@ -165,6 +165,9 @@ class ModelConfig:
     # those experts read the scores of their modality's leading principal components
     # (0: random projections of the whole window)
     expert_inputs: int = 16
+    # the EEG's own reconstruction gets non-linear paths (EEG expert residual and an EEG
+    # decoder residual of this rank in the leading EEG principal components; 0: none)
+    eeg_decoder_rank: int = 16
     # after training, temper the experts' learned confidence on the validation runs
     calibrate_experts: bool = True
     stimulus_beta: float = 0.01

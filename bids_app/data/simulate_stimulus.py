@@ -338,6 +338,7 @@ def simulate_windows(
     seed: int = 0,
     eeg_noise: float = 1.0,
     global_signal: float = 0.5,
+    phase_diffusion: float = 0.35,
     out: dict[str, np.ndarray] | None = None,
 ) -> PlantedWindows:
     """Synthesise EEG-fMRI windows with the planted causal chain, without raw data.
@@ -368,6 +369,12 @@ def simulate_windows(
         Standard deviation of the sensor noise (sources have unit-scale mixing).
     global_signal : float
         Mean loading of a global BOLD fluctuation shared by all voxels.
+    phase_diffusion : float
+        Standard deviation (rad per square root of a second) of a random walk of each
+        source's phase: rhythms are narrow-band processes whose phase drifts, not
+        sinusoids locked to one phase for a whole run (0 gives those; their windows then
+        lie on one curve per run, a structure that does not carry over to new runs).
+        Drawn from its own random stream, so the other outputs do not depend on it.
     out : dict | None
         Preallocated ``eeg``, ``fmri``, ``stimulus`` arrays (e.g. memory maps) to fill.
 
@@ -411,8 +418,12 @@ def simulate_windows(
             alpha_amp = np.convolve(rng.normal(size=n), np.ones(int(3 * sfreq)), "same")
             alpha_amp = 0.6 + 0.4 * np.tanh(alpha_amp / alpha_amp.std())
             amp = np.vstack([0.2 + drive, alpha_amp])
-            phase = rng.uniform(0, 2 * np.pi, size=3)
-            sources = amp * np.sin(2 * np.pi * freqs[:, None] * t[None, :] + phase[:, None])
+            phase = rng.uniform(0, 2 * np.pi, size=3)[:, None]
+            if phase_diffusion > 0:
+                steps = np.random.default_rng([seed, sub, run]).normal(
+                    scale=phase_diffusion / np.sqrt(sfreq), size=(3, n))
+                phase = phase + np.cumsum(steps, axis=1)
+            sources = amp * np.sin(2 * np.pi * freqs[:, None] * t[None, :] + phase)
             onsets = stim.onsets if not null else other.onsets
             for i, name in enumerate(("luminance", "motion")):
                 for onset in onsets[name]:

@@ -42,7 +42,8 @@ class AffineDecoder:
     Attributes
     ----------
     module : torch.nn.Module
-        The decoder (``skip`` linear map, ``net`` MLP ending in a linear layer).
+        The decoder (``skip`` linear map, ``net`` MLP ending in a linear layer that reads
+        ``hidden(z)``).
     weight : numpy.ndarray
         ``(F, P)`` float64, ``[skip.weight, net[-1].weight]``.
     bias : numpy.ndarray
@@ -60,7 +61,7 @@ class AffineDecoder:
         if self.linear:
             return z
         with torch.no_grad():
-            return torch.cat([z, self.module.net[:-1](z)], dim=1)
+            return torch.cat([z, self.module.hidden(z)], dim=1)
 
 
 def affine_decoder(decoder: nn.Module) -> AffineDecoder | None:
@@ -71,7 +72,7 @@ def affine_decoder(decoder: nn.Module) -> AffineDecoder | None:
     """
     net, skip = getattr(decoder, "net", None), getattr(decoder, "skip", None)
     if not (isinstance(net, nn.Sequential) and len(net) > 0 and isinstance(net[-1], nn.Linear)
-            and isinstance(skip, nn.Linear)):
+            and isinstance(skip, nn.Linear) and callable(getattr(decoder, "hidden", None))):
         return None
     with torch.no_grad():
         # a residual whose output layer is zero (e.g. frozen at its PCA initialisation)

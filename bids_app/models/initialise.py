@@ -19,7 +19,9 @@ Two PCAs are available:
   ``other_precision``, mean 0) about it, which training sharpens where that modality is
   informative (EEG power -> BOLD). This is the structure a product of experts expresses
   and a PCA of the concatenation cannot: the reconstruction of one modality never
-  carries the other modality's noise.
+  carries the other modality's noise. A subspace-limited EEG decoder
+  (``eeg_decoder_rank``) adds a non-linear code of the EEG in its own dimensions (a
+  rhythm's amplitude and phase form a ring, which a linear code needs two dimensions for).
 
 References
 ----------
@@ -104,6 +106,30 @@ def _set_expert_inputs(enc: ModalityEncoder, n_lat: int, sub: dict[str, np.ndarr
             enc.input.bias[start : start + k] = sign * bias
 
 
+def _set_own_paths(model: MultimodalVAE, n_lat: int, part: dict[str, np.ndarray]) -> None:
+    """Non-linear paths of the EEG's own reconstruction in its leading PCA subspace.
+
+    The EEG expert's residual may change the means of every latent dimension (the EEG's
+    own ones too); the EEG decoder's residual reads the EEG's dimensions only (so the
+    EEG expert gains nothing by carrying EEG information in the fMRI dimensions), and its
+    output layer maps ``rank`` standardised scores onto the leading components (frozen).
+    """
+    enc, dec = model.eeg_encoder, model.eeg_decoder
+    # fewer training windows than the rank give fewer components: the rest map to zero
+    loading = part["subspace"]["loading"][:, : dec.rank]
+    basis = dec.net[-1]
+    with torch.no_grad():
+        enc.body.net_mask[:n_lat] = 1.0
+        dec.net_mask.copy_(torch.as_tensor(part["own"], dtype=torch.float32))
+        basis.weight.zero_()
+        basis.weight[:, : loading.shape[1]] = torch.as_tensor(loading, dtype=torch.float32)
+        basis.bias.zero_()
+    _zero_last(dec.net[:-1])
+    enc.body.net.requires_grad_(True)
+    dec.net.requires_grad_(True)
+    basis.requires_grad_(False)
+
+
 def _linear_parts(
     arrays: Mapping[str, np.ndarray], idx: np.ndarray, n_lat: int, mode: str, seed: int,
     max_windows: int, n_leading: int = 0,
@@ -111,7 +137,8 @@ def _linear_parts(
     """Per modality: ``weight`` (L, D_m), ``bias`` (L,) of the unscaled partial scores,
     ``loading`` (D_m, L) and ``offset`` (D_m,) of the reconstruction, ``own`` (L,) bool;
     in block mode with ``n_leading`` also ``subspace``: ``weight`` (K, D_m) and ``bias``
-    (K,) of the standardised scores of the K leading components."""
+    (K,) of the standardised scores of the K leading components, ``loading`` (D_m, K) of
+    the reconstruction from them."""
     if mode == "joint":
         pca = fit_pca_baseline(arrays, idx, n_lat, seed=seed, max_windows=max_windows)
         comp, mean, scale, d = pca["components"], pca["mean"], pca["scale"], pca["d_eeg"]
@@ -138,7 +165,8 @@ def _linear_parts(
         if n_leading:
             lead, lsd = bp["leading"], np.maximum(bp["leading_sd"], 1e-12)
             parts[name]["subspace"] = {"weight": lead * s / lsd[:, None],
-                                       "bias": -(lead @ m) / lsd}  # fmt: skip
+                                       "bias": -(lead @ m) / lsd,
+                                       "loading": lead.T * lsd[None, :] / s}  # fmt: skip
     return parts
 
 
@@ -188,7 +216,12 @@ def init_from_pca(
         modality's dimensions (and its log-variances); the residuals of the other
         encoders and of both decoders are zero and frozen. Training then learns what a
         modality says about the other (e.g. EEG power -> BOLD) without refitting each
-        modality's PCA to the training runs. None leaves every residual free.
+        modality's PCA to the training runs. None leaves every residual free. When
+        ``"eeg"`` is listed and the model has ``eeg_decoder_rank > 0``, the EEG's own
+        reconstruction also gets non-linear paths: the EEG expert's residual may move
+        every mean, and the EEG decoder's residual (reading the EEG's dimensions only)
+        writes into the ``eeg_decoder_rank`` leading EEG components (a frozen output
+        layer); they start at zero, so the model still starts as the PCA.
     expert_inputs : int
         With ``cross_experts``: the non-linear residual of each expert listed reads the
         standardised scores of its modality's ``expert_inputs`` leading principal
@@ -213,13 +246,15 @@ def init_from_pca(
     rng = np.random.default_rng(seed)
     idx = np.sort(rng.permutation(np.asarray(train_idx))[:max_windows])
     n_inputs = int(expert_inputs) if cross_experts else 0
+    own_rank = int(getattr(model, "eeg_decoder_rank", 0)) if "eeg" in names else 0
     room = (min(model.eeg_encoder.input.out_features, model.fmri_encoder.input.out_features)
             - n_lat) // 2  # fmt: skip
     if n_inputs > room:
         logger.warning("expert_inputs %d does not fit hidden_dim %d with latent_dim %d; "
                        "using %d.", n_inputs, model.hidden_dim, n_lat, max(room, 0))  # fmt: skip
         n_inputs = max(room, 0)
-    parts = _linear_parts(arrays, idx, n_lat, mode, seed, max_windows, n_leading=n_inputs)
+    parts = _linear_parts(arrays, idx, n_lat, mode, seed, max_windows,
+                          n_leading=max(n_inputs, own_rank))  # fmt: skip
     # standard deviation of each latent's score over the training windows
     score = sum(
         np.asarray(arrays[n][idx], dtype=np.float64).reshape(len(idx), -1) @ p["weight"].T
@@ -253,7 +288,10 @@ def init_from_pca(
             dec.net.requires_grad_(False)
     for name in names if n_inputs else ():
         enc = model.eeg_encoder if name == "eeg" else model.fmri_encoder
-        _set_expert_inputs(enc, n_lat, parts[name]["subspace"])
+        sub = parts[name]["subspace"]
+        _set_expert_inputs(enc, n_lat, {k: v[:n_inputs] for k, v in sub.items() if k != "loading"})
+    if own_rank:
+        _set_own_paths(model, n_lat, parts["eeg"])
     owners = {n: int(p["own"].sum()) for n, p in parts.items()}
     logger.info("VAE-1 initialised from the %s PCA of %d windows (latent dims held: %s)",
                 mode, len(idx), owners)  # fmt: skip
@@ -275,6 +313,14 @@ def _val_loss(model: MultimodalVAE, arrays: Mapping[str, np.ndarray], idx: np.nd
     return total / max(len(idx), 1)
 
 
+def _residual_only_dims(enc: ModalityEncoder, n_lat: int) -> torch.Tensor:
+    """Latent dimensions whose mean the expert gets from its non-linear residual alone
+    (the other modality's dimensions after a block initialisation)."""
+    head = enc.body
+    linear = head.skip.weight[:n_lat].abs().sum(dim=1) > 0
+    return (head.net_mask[:n_lat] > 0) & ~linear
+
+
 def calibrate_experts(
     model: MultimodalVAE,
     arrays: Mapping[str, np.ndarray],
@@ -285,9 +331,9 @@ def calibrate_experts(
 ) -> dict[str, float]:
     """Temper the experts' learned confidence on validation windows (after training).
 
-    An expert's log-variances of the latent dimensions whose means its non-linear
-    residual may change (``body.net_mask``; with ``cross_experts``: the other modality's
-    dimensions) are learned on the training runs and tend to be over-confident on new
+    An expert's log-variances of the latent dimensions whose means come from its
+    non-linear residual alone (with ``cross_experts``: the other modality's dimensions)
+    are learned on the training runs and tend to be over-confident on new
     runs, which in the product of experts pulls the joint posterior toward that expert.
     For each such expert in turn, a constant added to those log-variances (0 included, so
     the validation loss cannot get worse) is chosen from ``offsets`` by the validation
@@ -317,7 +363,7 @@ def calibrate_experts(
     chosen: dict[str, float] = {}
     n_lat = model.latent_dim
     for name, enc in (("eeg", model.eeg_encoder), ("fmri", model.fmri_encoder)):
-        dims = enc.body.net_mask[:n_lat] > 0
+        dims = _residual_only_dims(enc, n_lat)
         if not bool(dims.any()):
             continue
         losses = []

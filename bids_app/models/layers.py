@@ -126,6 +126,17 @@ class GaussianDecoder(nn.Module):
         One learned variance for all outputs, one per output element, or a fixed unit
         variance (the likelihood is then a squared error, as PCA's, and a modality that
         is hard to predict is not down-weighted).
+    rank : int
+        0: the residual MLP ends in a linear layer to every output. ``rank > 0``: it ends
+        in ``rank`` values that a final linear layer (``net[-1]``, e.g. fixed to the
+        leading principal axes of the modality) maps to the outputs, so the non-linear
+        residual lives in a ``rank``-dimensional subspace and has few parameters.
+
+    Attributes
+    ----------
+    net_mask : torch.Tensor
+        Buffer: which latent dimensions the residual reads (ones unless an
+        initialisation sets it).
     """
 
     def __init__(
@@ -137,6 +148,7 @@ class GaussianDecoder(nn.Module):
         n_layers: int = 2,
         dropout: float = 0.0,
         variance: str = "shared",
+        rank: int = 0,
     ) -> None:
         super().__init__()
         if variance not in ("shared", "element", "fixed"):
@@ -146,14 +158,27 @@ class GaussianDecoder(nn.Module):
         self.out_shape = tuple(int(s) for s in out_shape)
         n_out = math.prod(self.out_shape)
         self.skip = nn.Linear(latent_dim, n_out)
-        self.net = _mlp(latent_dim, hidden_dim, n_out, n_layers=n_layers, dropout=dropout)
+        self.rank = int(rank)
+        width = self.rank or n_out
+        self.net = _mlp(latent_dim, hidden_dim, width, n_layers=n_layers, dropout=dropout)
+        if self.rank:
+            self.net.append(nn.Linear(self.rank, n_out))
         self.logvar = nn.Parameter(
             torch.zeros(n_out if variance == "element" else 1), requires_grad=variance != "fixed"
         )
+        self.register_buffer("net_mask", torch.ones(latent_dim))
+
+    def hidden(self, z: torch.Tensor) -> torch.Tensor:
+        """Input of the residual's output layer ``net[-1]``.
+
+        The mean is ``skip(z) + net[-1](hidden(z))``: affine in ``[z, hidden(z)]``.
+        """
+        return self.net[:-1](z * self.net_mask)
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(mean, logvar)``, each of shape ``(B, *out_shape)``."""
-        mean = (self.skip(z) + self.net(z)).reshape(z.shape[0], *self.out_shape)
+        residual = self.net[-1](self.hidden(z))
+        mean = (self.skip(z) + residual).reshape(z.shape[0], *self.out_shape)
         logvar = self.logvar.clamp(*LOGVAR_RANGE)
         if logvar.numel() > 1:
             logvar = logvar.reshape(self.out_shape)

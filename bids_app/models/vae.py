@@ -165,6 +165,9 @@ class MultimodalVAE(_FusedVAE):
         Dropout in encoder bodies.
     decoder_variance : {"shared", "element", "fixed"}
         Variance of the Gaussian decoders (see :class:`GaussianDecoder`).
+    eeg_decoder_rank : int
+        Rank of the EEG decoder's non-linear residual (``rank`` of
+        :class:`GaussianDecoder`; 0: full).
 
     Notes
     -----
@@ -184,12 +187,15 @@ class MultimodalVAE(_FusedVAE):
         n_voxels: int,
         *,
         decoder_variance: str = "shared",
+        eeg_decoder_rank: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(eeg_shape, n_voxels, **kwargs)
         self.decoder_variance = str(decoder_variance)
+        self.eeg_decoder_rank = int(eeg_decoder_rank)
         dec = {"n_layers": self.n_layers + 1, "variance": self.decoder_variance}
-        self.eeg_decoder = GaussianDecoder(self.latent_dim, self.hidden_dim, self.eeg_shape, **dec)
+        self.eeg_decoder = GaussianDecoder(self.latent_dim, self.hidden_dim, self.eeg_shape,
+                                           rank=self.eeg_decoder_rank, **dec)  # fmt: skip
         self.fmri_decoder = GaussianDecoder(
             self.latent_dim, self.hidden_dim, (self.n_voxels,), **dec
         )
@@ -199,7 +205,8 @@ class MultimodalVAE(_FusedVAE):
 
     def architecture(self) -> dict[str, Any]:
         """Constructor arguments (JSON-serialisable) to rebuild the model."""
-        return {**super().architecture(), "decoder_variance": self.decoder_variance}
+        return {**super().architecture(), "decoder_variance": self.decoder_variance,
+                "eeg_decoder_rank": self.eeg_decoder_rank}  # fmt: skip
 
     def decode_eeg(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """EEG window distribution ``(mean, logvar)``, each ``(B, C, T)``."""

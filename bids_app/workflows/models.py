@@ -163,7 +163,7 @@ def train_group_models(
     sp = splits["vae1"]
     if min(len(sp["train"]), len(sp["val"])) == 0:
         raise InputError("Too few windows to train the group models (need train and val).")
-    model = make_model("vae1", seed=seed, **common)
+    model = make_model("vae1", seed=seed, eeg_decoder_rank=mc.eeg_decoder_rank, **common)
     initialise_vae1(model, arrays, sp["train"], mc, seed=seed)
     results["vae1"] = fit(model, arrays, sp["train"], sp["val"], checkpoint=ckpt("vae1"),
                           include_initial=mc.pca_init, **train_kw)  # fmt: skip
