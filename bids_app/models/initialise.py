@@ -298,7 +298,7 @@ def init_from_pca(
     return model
 
 
-__all__ = ["MODES", "calibrate_experts", "init_from_pca"]
+__all__ = ["MODES", "calibrate_experts", "init_from_pca", "select_own_paths"]
 
 
 def _val_loss(model: MultimodalVAE, arrays: Mapping[str, np.ndarray], idx: np.ndarray,
@@ -379,3 +379,60 @@ def calibrate_experts(
                     name, best, losses[0], min(losses))  # fmt: skip
     return chosen
 
+
+
+def select_own_paths(
+    model: MultimodalVAE,
+    arrays: Mapping[str, np.ndarray],
+    val_idx: np.ndarray,
+    *,
+    batch_size: int = 256,
+) -> dict[str, float | bool]:
+    """Keep the EEG's own non-linear paths only if they lower the validation loss.
+
+    The non-linear EEG code (``eeg_decoder_rank``) can fit the training runs without
+    carrying over to new ones, and the early stopping cannot tell: its validation loss
+    also rewards the EEG expert's opinion about the fMRI, which improves meanwhile. This
+    compares the validation loss with the EEG's own non-linear paths (the expert
+    residual's means of the EEG dimensions and the decoder residual) on and off, and
+    switches them off, leaving the PCA paths, unless they lower it. The cross-modal
+    opinions are kept either way.
+
+    Parameters
+    ----------
+    model : MultimodalVAE
+        Trained model (modified in place when the paths are switched off).
+    arrays : mapping
+        ``"eeg"`` and ``"fmri"`` windows.
+    val_idx : numpy.ndarray
+        Validation windows (not the test windows).
+    batch_size : int
+        Windows per forward pass.
+
+    Returns
+    -------
+    dict
+        ``kept`` (bool), ``val_loss_with`` and ``val_loss_without``; empty when the model
+        has no EEG own paths.
+    """
+    n_lat = model.latent_dim
+    head, basis = model.eeg_encoder.body, model.eeg_decoder.net[-1]
+    own = head.skip.weight[:n_lat].abs().sum(dim=1) > 0
+    if not (getattr(model, "eeg_decoder_rank", 0) and bool(head.net_mask[:n_lat][own].any())):
+        return {}
+    model.eval()
+    val_idx = np.asarray(val_idx, dtype=np.int64)
+    with_paths = _val_loss(model, arrays, val_idx, batch_size)
+    saved_mask, saved_basis = head.net_mask.clone(), basis.weight.detach().clone()
+    with torch.no_grad():
+        head.net_mask[:n_lat][own] = 0.0
+        basis.weight.zero_()
+    without = _val_loss(model, arrays, val_idx, batch_size)
+    kept = with_paths < without
+    if kept:
+        with torch.no_grad():
+            head.net_mask.copy_(saved_mask)
+            basis.weight.copy_(saved_basis)
+    logger.info("EEG non-linear code %s (validation loss %.6g with, %.6g without)",
+                "kept" if kept else "switched off", with_paths, without)  # fmt: skip
+    return {"kept": bool(kept), "val_loss_with": with_paths, "val_loss_without": without}

@@ -168,6 +168,12 @@ def train_group_models(
     results["vae1"] = fit(model, arrays, sp["train"], sp["val"], checkpoint=ckpt("vae1"),
                           include_initial=mc.pca_init, **train_kw)  # fmt: skip
     models["vae1"] = results["vae1"].model
+    if mc.pca_init:
+        from bids_app.models.initialise import select_own_paths
+
+        own = select_own_paths(models["vae1"], arrays, sp["val"])
+        if own:
+            results["vae1"].extra["eeg_own_paths"] = own
     if mc.calibrate_experts:
         from bids_app.models.initialise import calibrate_experts
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from bids_app.data.simulate_stimulus import simulate_windows
-from bids_app.models.initialise import calibrate_experts, init_from_pca
+from bids_app.models.initialise import calibrate_experts, init_from_pca, select_own_paths
 from bids_app.models.train import evaluate_vae1, evaluate_vae2, fit, make_model, predict
 from bids_app.models.vae import (
     ModalityEncoder,
@@ -234,9 +234,11 @@ def trained_vae1(planted):
     planted = np.concatenate(list(pw.planted_voxels.values()))
     kw = {"planted_voxels": planted}
     raw = evaluate_vae1(res.model, arrays, split["train"], split["test"], **kw)
+    own = select_own_paths(res.model, arrays, split["val"])
     offsets = calibrate_experts(res.model, arrays, split["val"])
     ev = evaluate_vae1(res.model, arrays, split["train"], split["test"], **kw)
-    return {**ev, "uncalibrated": raw, "offsets": offsets, "best_epoch": res.best_epoch}
+    return {**ev, "uncalibrated": raw, "offsets": offsets, "best_epoch": res.best_epoch,
+            "own_paths": own}  # fmt: skip
 
 
 def test_vae1_reconstruction_vs_pca_on_held_out_runs(trained_vae1):
@@ -252,6 +254,7 @@ def test_vae1_reconstruction_vs_pca_on_held_out_runs(trained_vae1):
     assert ev["ev_fmri"] > ev["ev_pca_fmri"] + 0.0015
     assert ev["ev_eeg"] > ev["ev_pca_block_eeg"] + 0.008  # beyond the per-modality PCA
     assert ev["best_epoch"] > 10  # training moved away from the PCA start
+    assert ev["own_paths"]["kept"]  # the non-linear EEG code lowers the validation loss
     # the EEG expert's learned confidence about the fMRI dimensions is over-confident on
     # new runs; calibration on the validation runs (offset 1.0) recovers the joint fMRI
     # reconstruction (measured 0.1781 -> 0.1798) and keeps the cross-modal r (0.570) and
@@ -261,6 +264,36 @@ def test_vae1_reconstruction_vs_pca_on_held_out_runs(trained_vae1):
     assert ev["ev_fmri"] > raw["ev_fmri"] + 0.001
     assert abs(ev["r_eeg_to_fmri"] - raw["r_eeg_to_fmri"]) < 0.02
     assert abs(ev["ev_eeg"] - raw["ev_eeg"]) < 1e-3
+
+
+def test_eeg_code_that_does_not_generalise_is_switched_off():
+    # Phase-locked rhythms (phase_diffusion=0): each run's windows lie on one curve, the
+    # non-linear EEG code learns the training runs' curves and loses to PCA on new runs
+    # (measured 0.2756 vs 0.3139); the validation runs show it, and select_own_paths
+    # switches the code off (0.3131, the per-modality PCA), keeping the cross-modal r.
+    pw = simulate_windows(n_subjects=3, n_runs=4, n_volumes=150, n_channels=16, window_s=8.4,
+                          sfreq=5.0, n_voxels=200, n_planted=20, eeg_noise=0.5,
+                          global_signal=0.0, phase_diffusion=0.0, seed=0)  # fmt: skip
+    arrays = {"eeg": pw.eeg, "fmri": pw.fmri}
+    split = split_windows(pw.meta, seed=3)
+    model = make_model("vae1", seed=0, eeg_shape=pw.eeg.shape[1:], n_voxels=200, latent_dim=6,
+                       hidden_dim=128, beta=0.1, cross_weight=0.3, eeg_decoder_rank=6)  # fmt: skip
+    init_from_pca(model, arrays, split["train"], mode="block", expert_precision=100.0,
+                  freeze_linear=True, cross_experts=("eeg",), expert_inputs=16)  # fmt: skip
+    res = fit(model, arrays, split["train"], split["val"], epochs=100, batch_size=32,
+              learning_rate=3e-3, patience=20, seed=0, device="cpu",
+              include_initial=True)  # fmt: skip
+    planted = {"planted_voxels": np.concatenate(list(pw.planted_voxels.values()))}
+    raw = evaluate_vae1(res.model, arrays, split["train"], split["test"], **planted)
+    own = select_own_paths(res.model, arrays, split["val"])
+    ev = evaluate_vae1(res.model, arrays, split["train"], split["test"], **planted)
+    assert raw["ev_eeg"] < raw["ev_pca_eeg"] - 0.02  # the code does not carry over
+    assert not own["kept"] and own["val_loss_with"] > own["val_loss_without"]
+    assert abs(ev["ev_eeg"] - ev["ev_pca_block_eeg"]) < 1e-3  # back to the PCA
+    assert not res.model.eeg_decoder.net[-1].weight.any()
+    assert abs(ev["r_eeg_to_fmri"] - raw["r_eeg_to_fmri"]) < 1e-6  # EEG -> fMRI kept
+    assert ev["r_eeg_to_fmri"] > 0.45
+    assert select_own_paths(res.model, arrays, split["val"]) == {}  # nothing left to test
 
 
 def test_vae1_eeg_alone_predicts_planted_voxels(trained_vae1):
