@@ -313,12 +313,16 @@ def _val_loss(model: MultimodalVAE, arrays: Mapping[str, np.ndarray], idx: np.nd
     return total / max(len(idx), 1)
 
 
+def _linear_dims(enc: ModalityEncoder, n_lat: int) -> torch.Tensor:
+    """Latent dimensions whose mean the expert's linear path gives (its own dimensions
+    after a block initialisation)."""
+    return enc.body.skip.weight[:n_lat].abs().sum(dim=1) > 0
+
+
 def _residual_only_dims(enc: ModalityEncoder, n_lat: int) -> torch.Tensor:
     """Latent dimensions whose mean the expert gets from its non-linear residual alone
     (the other modality's dimensions after a block initialisation)."""
-    head = enc.body
-    linear = head.skip.weight[:n_lat].abs().sum(dim=1) > 0
-    return (head.net_mask[:n_lat] > 0) & ~linear
+    return (enc.body.net_mask[:n_lat] > 0) & ~_linear_dims(enc, n_lat)
 
 
 def calibrate_experts(
@@ -417,7 +421,7 @@ def select_own_paths(
     """
     n_lat = model.latent_dim
     head, basis = model.eeg_encoder.body, model.eeg_decoder.net[-1]
-    own = head.skip.weight[:n_lat].abs().sum(dim=1) > 0
+    own = _linear_dims(model.eeg_encoder, n_lat)
     if not (getattr(model, "eeg_decoder_rank", 0) and bool(head.net_mask[:n_lat][own].any())):
         return {}
     model.eval()

@@ -198,11 +198,9 @@ def test_pca_initialisation_reproduces_balanced_pca(planted):
         init_from_pca(small, arrays, split["train"])
 
 
-@pytest.fixture(scope="module")
-def trained_vae1(planted):
-    pw = planted
+def _train_default_vae1(pw, split):
+    """VAE-1 with the default recipe (config.model) at the test's size and schedule."""
     arrays = {"eeg": pw.eeg, "fmri": pw.fmri}
-    split = split_windows(pw.meta, seed=0)
     model = make_model(
         "vae1",
         seed=0,
@@ -214,11 +212,11 @@ def trained_vae1(planted):
         cross_weight=0.3,
         eeg_decoder_rank=6,  # 2 x the 3 EEG dimensions: a plane (rhythm) per dimension
     )
-    # the default recipe (config.model): block-PCA start; the EEG expert learns EEG ->
-    # fMRI and, with the EEG decoder, a non-linear code of the EEG in its own dimensions
+    # block-PCA start; the EEG expert learns EEG -> fMRI and, with the EEG decoder, a
+    # non-linear code of the EEG in its own dimensions
     init_from_pca(model, arrays, split["train"], mode="block", expert_precision=100.0,
                   freeze_linear=True, cross_experts=("eeg",), expert_inputs=16)  # fmt: skip
-    res = fit(
+    return fit(
         model,
         arrays,
         split["train"],
@@ -231,6 +229,14 @@ def trained_vae1(planted):
         device="cpu",
         include_initial=True,
     )
+
+
+@pytest.fixture(scope="module")
+def trained_vae1(planted):
+    pw = planted
+    arrays = {"eeg": pw.eeg, "fmri": pw.fmri}
+    split = split_windows(pw.meta, seed=0)
+    res = _train_default_vae1(pw, split)
     planted = np.concatenate(list(pw.planted_voxels.values()))
     kw = {"planted_voxels": planted}
     raw = evaluate_vae1(res.model, arrays, split["train"], split["test"], **kw)
@@ -276,13 +282,7 @@ def test_eeg_code_that_does_not_generalise_is_switched_off():
                           global_signal=0.0, phase_diffusion=0.0, seed=0)  # fmt: skip
     arrays = {"eeg": pw.eeg, "fmri": pw.fmri}
     split = split_windows(pw.meta, seed=3)
-    model = make_model("vae1", seed=0, eeg_shape=pw.eeg.shape[1:], n_voxels=200, latent_dim=6,
-                       hidden_dim=128, beta=0.1, cross_weight=0.3, eeg_decoder_rank=6)  # fmt: skip
-    init_from_pca(model, arrays, split["train"], mode="block", expert_precision=100.0,
-                  freeze_linear=True, cross_experts=("eeg",), expert_inputs=16)  # fmt: skip
-    res = fit(model, arrays, split["train"], split["val"], epochs=100, batch_size=32,
-              learning_rate=3e-3, patience=20, seed=0, device="cpu",
-              include_initial=True)  # fmt: skip
+    res = _train_default_vae1(pw, split)
     planted = {"planted_voxels": np.concatenate(list(pw.planted_voxels.values()))}
     raw = evaluate_vae1(res.model, arrays, split["train"], split["test"], **planted)
     own = select_own_paths(res.model, arrays, split["val"])
