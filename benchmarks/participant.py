@@ -27,16 +27,16 @@ import time
 from pathlib import Path
 
 import mne
-import nibabel as nib
 import numpy as np
 from nilearn import datasets
 from nilearn.glm.contrasts import compute_contrast
-from nilearn.glm.first_level import run_glm, spm_hrf
+from nilearn.glm.first_level import run_glm
 from sklearn.metrics import roc_auc_score
 
 from bids_app import coupling as cp
 from bids_app.data import natview_facts as nv
 from bids_app.data import scenario
+from bids_app.data.simulate_bold import planted_mni_bold
 from bids_app.data.simulate_neural import simulate_neural
 from bids_app.data.simulate_stimulus import simulate_stimulus
 from bids_app.eeg import source
@@ -55,22 +55,9 @@ def simulate(n_vol: int, seed: int):
                           mne.create_info(list(nv.EEG_CHANNELS), SFREQ, "eeg"), verbose="error")
     onsets = LEAD + np.arange(n_vol) * TR
     mask = datasets.load_mni152_brain_mask(resolution=3)
-    xyz = nib.affines.apply_affine(mask.affine, np.argwhere(np.asarray(mask.dataobj) > 0))
-    rng = np.random.default_rng(seed + 2)
-    noise = rng.normal(size=(n_vol, len(xyz)))
-    for i in range(1, n_vol):
-        noise[i] += 0.3 * noise[i - 1]
-    bold = 100 + 0.5 * noise
     times = cp.acquisition_times(onsets, TR / 2)
-    hrf = spm_hrf(0.1, oversampling=1)
-    planted = {}
-    for src in scenario.sources_for_task("tp"):
-        p = sim.source_power[src.name]
-        conv = np.convolve(p - p.mean(), hrf)[: len(p)]
-        reg = np.interp(times, np.arange(len(p)) / 10.0, (conv - conv.mean()) / conv.std())
-        inside = np.linalg.norm(xyz - np.array(src.mni_mm), axis=1) <= src.radius_mm
-        planted[src.name] = inside
-        bold[:, inside] += src.bold_sign * 0.5 * reg[:, None]
+    bold, planted = planted_mni_bold("tp", sim.source_power, times, mask,
+                                     np.random.default_rng(seed + 2))  # fmt: skip
     return raw, onsets, mask, bold, planted, times
 
 

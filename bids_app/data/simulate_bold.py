@@ -171,6 +171,60 @@ def _regressor(power: np.ndarray, times_s: np.ndarray) -> np.ndarray:
     return np.interp(times_s, grid, conv)
 
 
+def planted_mni_bold(
+    task: str,
+    source_power: Mapping[str, np.ndarray],
+    times_s: np.ndarray,
+    mask: nib.Nifti1Image,
+    rng: np.random.Generator,
+    *,
+    null: bool = False,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """In-mask BOLD on an MNI mask whose planted voxels follow their source's power.
+
+    A lighter stand-in for :func:`simulate_bold` when a test or benchmark needs BOLD
+    already in MNI space: AR(1) noise (coefficient 0.3, scale 0.5 around 100) plus, for
+    each source of ``task``, its HRF-convolved standardised power (scale 0.5, the
+    source's BOLD sign) in the voxels within its radius of its MNI centre.
+
+    Parameters
+    ----------
+    task : str
+        Task whose planted sources are used.
+    source_power : mapping
+        Source name -> power envelope at ``POWER_SFREQ`` (``NeuralSim.source_power``).
+    times_s : numpy.ndarray
+        Acquisition time of each volume on the power's clock.
+    mask : nibabel.Nifti1Image
+        MNI brain mask; voxels are taken in ``np.argwhere`` order.
+    rng : numpy.random.Generator
+        Draws the noise.
+    null : bool
+        Noise only (the planted voxels are still returned).
+
+    Returns
+    -------
+    bold : numpy.ndarray
+        ``(volumes, in-mask voxels)``.
+    planted : dict of str to numpy.ndarray
+        Source name -> boolean mask over the in-mask voxels.
+    """
+    ijk = np.argwhere(np.asarray(mask.dataobj) > 0)
+    xyz = nib.affines.apply_affine(mask.affine, ijk)
+    noise = rng.normal(size=(len(times_s), len(ijk)))
+    for i in range(1, len(times_s)):
+        noise[i] += 0.3 * noise[i - 1]
+    bold = 100 + 0.5 * noise
+    planted = {}
+    for src in sources_for_task(task):
+        inside = np.linalg.norm(xyz - np.array(src.mni_mm), axis=1) <= src.radius_mm
+        planted[src.name] = inside
+        if not null:
+            reg = _regressor(source_power[src.name], times_s)
+            bold[:, inside] += src.bold_sign * 0.5 * reg[:, None]
+    return bold, planted
+
+
 @lru_cache(maxsize=2)
 def _tissue_images(resolution: float) -> dict[str, np.ndarray]:
     """Template-space contrast images (cached; never modified by callers)."""

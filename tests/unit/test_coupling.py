@@ -10,13 +10,14 @@ import numpy as np
 import pandas as pd
 import pytest
 from nilearn import datasets
-from nilearn.glm.first_level import compute_regressor, spm_hrf
+from nilearn.glm.first_level import compute_regressor
 from sklearn.metrics import roc_auc_score
 
 from bids_app import coupling as cp
 from bids_app.config import Config
 from bids_app.data import natview_facts as nv
 from bids_app.data import scenario
+from bids_app.data.simulate_bold import planted_mni_bold
 from bids_app.data.simulate_neural import simulate_neural
 from bids_app.data.simulate_stimulus import simulate_stimulus
 from bids_app.eeg import source
@@ -37,24 +38,10 @@ def _planted_run(null: bool, seed: int = 0) -> SimpleNamespace:
                                                                   "eeg"), verbose="error")
     onsets = LEAD + np.arange(N_VOL) * TR
     mask = datasets.load_mni152_brain_mask(resolution=3)
-    ijk = np.argwhere(np.asarray(mask.dataobj) > 0)
-    xyz = nib.affines.apply_affine(mask.affine, ijk)
-    rng = np.random.default_rng(seed + 2)
-    noise = rng.normal(size=(N_VOL, len(ijk)))
-    for i in range(1, N_VOL):  # AR(1) BOLD noise
-        noise[i] += 0.3 * noise[i - 1]
-    bold = 100 + 0.5 * noise
     times = cp.acquisition_times(onsets, TR / 2)
-    hrf = spm_hrf(0.1, oversampling=1)
-    planted = {}
-    for src in scenario.sources_for_task("tp"):
-        power = sim.source_power[src.name]
-        conv = np.convolve(power - power.mean(), hrf)[: len(power)]
-        reg = np.interp(times, np.arange(len(power)) / 10.0, (conv - conv.mean()) / conv.std())
-        inside = np.linalg.norm(xyz - np.array(src.mni_mm), axis=1) <= src.radius_mm
-        planted[src.name] = inside
-        if not null:
-            bold[:, inside] += src.bold_sign * 0.5 * reg[:, None]
+    bold, planted = planted_mni_bold("tp", sim.source_power, times, mask,
+                                     np.random.default_rng(seed + 2), null=null)  # fmt: skip
+    ijk = np.argwhere(np.asarray(mask.dataobj) > 0)
     data = np.zeros(mask.shape + (N_VOL,), np.float32)
     data[tuple(ijk.T)] = bold.T
     return SimpleNamespace(raw=raw, onsets=onsets, mask=mask, bold=bold, planted=planted,
