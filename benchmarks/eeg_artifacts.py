@@ -42,11 +42,11 @@ from scipy import signal
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bids_app.data import natview_facts as nv  # noqa: E402
-from bids_app.data.simulate_artifacts import simulate_artifacts  # noqa: E402
 from bids_app.eeg.cardiac import detect_qrs, remove_bcg_artifact  # noqa: E402
 from bids_app.eeg.gradient import remove_gradient_artifact  # noqa: E402
 from bids_app.eeg.kernels import n_threads  # noqa: E402
+from bids_app.natview import facts as nv  # noqa: E402
+from bids_app.simulate.artifacts import simulate_artifacts  # noqa: E402
 
 SCALES = {"tiny": 20, "demo": 60, "natview": 289}
 SFREQ = nv.EEG_SFREQ

@@ -31,8 +31,8 @@ def simulate(root: Path, n_volumes: int, seed: int) -> None:
     """Write the simulated run as BIDS plus the truth (npz) under ``root``."""
     import nibabel as nib
 
-    from bids_app.data.scenario import SCALES
-    from bids_app.data.simulate_bold import simulate_bold
+    from bids_app.simulate.bold import simulate_bold
+    from bids_app.simulate.scenario import SCALES
 
     rng = np.random.default_rng(seed)
     n = int(n_volumes * 2.1 * 10) + 600
@@ -62,12 +62,12 @@ def simulate(root: Path, n_volumes: int, seed: int) -> None:
 def run_pipeline(root: Path, out: Path) -> dict:
     """Run the workflow (fresh process) and return timings, memory and accuracy."""
     from bids_app.config import Config
-    from bids_app.data.simulate_bold import NativeToMNI
     from bids_app.fmri.motion import grid_center, matrix_to_params, rigid_matrix
     from bids_app.fmri.registration import apply_affine_points, grid_points
     from bids_app.fmri.template import load_template
     from bids_app.io.bids import RunFiles
     from bids_app.io.derivatives import DerivativesWriter
+    from bids_app.simulate.bold import NativeToMNI
     from bids_app.workflows.fmri import run_fmri_workflow
 
     func = root / "sub-01" / "ses-01" / "func"

@@ -34,12 +34,12 @@ from nilearn.glm.first_level import run_glm
 from sklearn.metrics import roc_auc_score
 
 from bids_app import coupling as cp
-from bids_app.data import natview_facts as nv
-from bids_app.data import scenario
-from bids_app.data.simulate_bold import planted_mni_bold
-from bids_app.data.simulate_neural import simulate_neural
-from bids_app.data.simulate_stimulus import simulate_stimulus
 from bids_app.eeg import source
+from bids_app.natview import facts as nv
+from bids_app.simulate import scenario
+from bids_app.simulate.bold import planted_mni_bold
+from bids_app.simulate.neural import simulate_neural
+from bids_app.simulate.stimulus import simulate_stimulus
 
 SFREQ, TR, LEAD = 250.0, nv.TR, 3.0
 

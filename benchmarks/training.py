@@ -38,7 +38,7 @@ def synthesise(args: argparse.Namespace) -> dict:
     """Write planted windows of the whole group into memory-mapped files."""
     import pandas as pd
 
-    from bids_app.data.simulate_stimulus import simulate_windows
+    from bids_app.simulate.stimulus import simulate_windows
 
     n_t = int(round(8.4 * 25.0))
     per_subject = args.runs * args.volumes

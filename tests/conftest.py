@@ -24,7 +24,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 @pytest.fixture(scope="session")
 def tiny_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Simulated tiny NATVIEW release (natview layout, seed 0)."""
-    from bids_app.data.simulate import simulate_dataset
+    from bids_app.simulate.dataset import simulate_dataset
 
     return simulate_dataset(tmp_path_factory.mktemp("tiny") / "release", scale="tiny", seed=0)
 
@@ -32,7 +32,7 @@ def tiny_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_bids(tiny_release: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``tiny_release`` converted to a valid BIDS dataset."""
-    from bids_app.data.convert import convert_natview
+    from bids_app.natview.convert import convert_natview
 
     out = tmp_path_factory.mktemp("tiny_bids") / "bids"
     convert_natview(tiny_release, out)
@@ -42,7 +42,7 @@ def tiny_bids(tiny_release: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 @pytest.fixture(scope="session")
 def tiny_null_bids(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Null variant of the tiny dataset (no stimulus -> source -> BOLD links), as BIDS."""
-    from bids_app.data.simulate import simulate_dataset
+    from bids_app.simulate.dataset import simulate_dataset
 
     out = tmp_path_factory.mktemp("tiny_null") / "bids"
     return simulate_dataset(out, scale="tiny", layout="bids", null=True, seed=0)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,6 +66,25 @@ def template_positions(montage: str = "standard_1005") -> dict[str, np.ndarray]:
         warnings.simplefilter("ignore", FutureWarning)
         mont = mne.channels.make_standard_montage(name)
     return {k: np.asarray(v, float) for k, v in mont.get_positions()["ch_pos"].items()}
+
+
+def montage_positions(ch_names: Sequence[str], montage: str = "standard_1005") -> np.ndarray:
+    """Positions of ``ch_names`` on an MNE template montage, as one array.
+
+    Parameters
+    ----------
+    ch_names : sequence of str
+        Channel names, all present in the montage.
+    montage : str
+        MNE montage name (see :func:`template_positions`).
+
+    Returns
+    -------
+    ndarray, shape (n_channels, 3)
+        Positions in metres, MNI-aligned frame, in ``ch_names`` order.
+    """
+    template = template_positions(montage)
+    return np.array([template[c] for c in ch_names])
 
 
 def read_electrodes(path: Path, template: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -68,13 +68,6 @@ def _decode(model: Any, head: str, kind: str, mu: torch.Tensor, logvar: torch.Te
     return m.transpose(1, 2), lv.transpose(1, 2)
 
 
-def _fuse(model: Any, experts: list[tuple[torch.Tensor, torch.Tensor]]):
-    from bids_app.models.vae import product_of_experts
-
-    latent = experts[0][0].shape[1]
-    return product_of_experts(experts, latent, experts[0][0])
-
-
 class _Engine:
     """Cached unmasked state of one model on all windows (the fast path's tables)."""
 
@@ -116,10 +109,10 @@ class _Engine:
                 dh = d[:, None] * self.w_cols[p_t]
             expert = self.enc.body(self.h0[w_t] + dh)
             if not self.joint:
-                return _fuse(self.model, [expert])
+                return self.model.fuse([expert])
             other = (self.other[0][w_t], self.other[1][w_t])
             pair = [expert, other] if self.kind == "eeg" else [other, expert]
-            return _fuse(self.model, pair)
+            return self.model.fuse(pair)
 
 
 def _windows_forward(model: Any, x_eeg: np.ndarray | None, x_fmri: np.ndarray | None,

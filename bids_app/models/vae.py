@@ -121,6 +121,22 @@ class _FusedVAE(nn.Module):
         like = x_eeg if x_eeg is not None else x_fmri
         return product_of_experts(self.experts(x_eeg, x_fmri), self.latent_dim, like)
 
+    def fuse(self, experts: list[tuple[torch.Tensor, torch.Tensor]]
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior ``(mu, logvar)`` from precomputed experts (product with the prior).
+
+        Parameters
+        ----------
+        experts : list of (mu, logvar)
+            Gaussian experts, each ``(B, latent_dim)``, as returned by :meth:`experts`.
+
+        Returns
+        -------
+        mu, logvar : torch.Tensor
+            ``(B, latent_dim)``.
+        """
+        return product_of_experts(experts, self.latent_dim, experts[0][0])
+
     def reparameterize(self, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
         """Sample ``z`` in training mode, return ``mu`` in evaluation mode."""
         if not self.training:

@@ -57,11 +57,11 @@ def run_demo(out: Path | str, *, scale: str = "demo", verbosity: int = 0, seed: 
     int
         Exit code: 0 when every stage that ran succeeded, else 1.
     """
-    from bids_app.cli import check_paths, execute
-    from bids_app.data.convert import convert_natview
-    from bids_app.data.simulate import simulate_dataset
     from bids_app.io.validate import validate_bids_dir
+    from bids_app.natview.convert import convert_natview
+    from bids_app.simulate.dataset import simulate_dataset
     from bids_app.utils import logging_to
+    from bids_app.workflows.run import check_paths, execute
 
     start = time.perf_counter()
     out = Path(out).absolute()

@@ -21,13 +21,13 @@ import mne  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from bids_app.data import natview_facts as nv  # noqa: E402
 from bids_app.eeg import qc  # noqa: E402
 from bids_app.eeg.cardiac import remove_bcg_artifact  # noqa: E402
 from bids_app.eeg.clean import clean_eeg  # noqa: E402
 from bids_app.eeg.gradient import remove_gradient_artifact  # noqa: E402
 from bids_app.eeg.triggers import marker_samples  # noqa: E402
 from bids_app.errors import InputError  # noqa: E402
+from bids_app.natview import facts as nv  # noqa: E402
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from bids_app.models.windows import WindowSet
-    from bids_app.workflows.models import ModelsResult
+    from bids_app.workflows.models_result import ModelsResult
 
 
 def latent_summary(model: Any, windows: WindowSet, idx: np.ndarray, *, top: int = 5) -> list:

@@ -74,7 +74,7 @@ def find_runs(output_dir: Path, config: Any) -> list[RunDerivatives]:
 
 def find_video(task: str, config: Any) -> Path | None:
     """The stimulus video of ``task`` in ``--stimuli-dir`` or ``bids_dir/stimuli``."""
-    from bids_app.data import natview_facts as nv
+    from bids_app.natview import facts as nv
 
     ex = config.execution
     folders = [ex.stimuli_dir] if ex.stimuli_dir else []
@@ -94,12 +94,12 @@ def find_video(task: str, config: Any) -> Path | None:
 
 def stimulus_features(runs: list[RunDerivatives], config: Any) -> dict[str, Any]:
     """Video features per movie task (HandcraftedExtractor + ``--stimulus-model``)."""
-    from bids_app.data.simulate_stimulus import MOVIE_TASKS
     from bids_app.models.stimulus import (
         HandcraftedExtractor,
         TorchExtractor,
         extract_video_features,
     )
+    from bids_app.natview.facts import MOVIE_TASKS
 
     extractors: list[Any] = [HandcraftedExtractor()]
     if config.execution.stimulus_model is not None:
@@ -131,7 +131,6 @@ def build_group_windows(
     import nibabel as nib
     import pandas as pd
 
-    from bids_app.data import natview_facts as nv
     from bids_app.models.resample import BlockAverager
     from bids_app.models.stimulus import checker_timecourse, window_features
     from bids_app.models.windows import (
@@ -141,6 +140,7 @@ def build_group_windows(
         load_windows,
         zscore,
     )
+    from bids_app.natview import facts as nv
 
     mc = config.model
     mask = group_mask([nib.load(r.mask) for r in runs])

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from scipy import signal
 
-from bids_app.data import natview_facts as nv
-from bids_app.data.simulate_artifacts import simulate_recording as make_recording
 from bids_app.eeg.cardiac import detect_qrs, remove_bcg_artifact
 from bids_app.errors import InputError
+from bids_app.natview import facts as nv
+from bids_app.simulate.artifacts import simulate_recording as make_recording
 
 SFREQ = nv.EEG_SFREQ
 EEG_IDX = [nv.CHANNEL_NAMES.index(c) for c in nv.EEG_CHANNELS]

@@ -8,8 +8,8 @@ import pytest
 from scipy import signal
 
 from bids_app.config import EEGConfig
-from bids_app.data import natview_facts as nv
 from bids_app.eeg.clean import clean_eeg
+from bids_app.natview import facts as nv
 
 SFREQ = 500.0
 N = int(120 * SFREQ)

@@ -163,7 +163,7 @@ def test_unavailable_stage_is_reported(tree, tmp_path, monkeypatch, caplog):
 
 
 def test_subcommands_dispatch(tmp_path, monkeypatch, capsys):
-    import bids_app.data.simulate as simulate
+    import bids_app.simulate.dataset as simulate
 
     seen = {}
 

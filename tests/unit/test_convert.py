@@ -15,10 +15,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bids_app.data import natview_facts as nv
-from bids_app.data.convert import convert_natview, is_junk_marker
 from bids_app.errors import InputError
 from bids_app.io.validate import run_validator
+from bids_app.natview import facts as nv
+from bids_app.natview.convert import convert_natview, is_junk_marker
 
 EEG = "sub-01/ses-01/eeg"
 TP = "sub-01_ses-01_task-tp_run-01"
@@ -158,7 +158,8 @@ def test_bad_input_raises(tmp_path, tiny_release):
 
 def test_markers_from_vmrk_when_set_has_none(tmp_path):
     """A .set without events: markers come from the .vmrk, spelled as BrainVision does."""
-    from bids_app.data.eeglab_io import Marker, write_set, write_vmrk
+    from bids_app.io.brainvision import Marker, write_vmrk
+    from bids_app.io.eeglab import write_set
 
     eeg = tmp_path / "release" / "sub-05" / "ses-02" / "eeg"
     eeg.mkdir(parents=True)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bids_app.data.scenario import Scale
-from bids_app.data.simulate_bold import simulate_bold
 from bids_app.fmri.motion import (
     framewise_displacement,
     grid_center,
@@ -14,6 +12,8 @@ from bids_app.fmri.motion import (
     realign,
     rigid_matrix,
 )
+from bids_app.simulate.bold import simulate_bold
+from bids_app.simulate.scenario import Scale
 
 SMALL = Scale("test", ("01",), (), matrix=(40, 48), n_slices=30, t1w_voxel_mm=4.0)
 
@@ -73,7 +73,7 @@ def test_realign_natview_matrix_subsampled_points(caplog):
     import logging
     import time
 
-    from bids_app.data import natview_facts as nv
+    from bids_app.natview import facts as nv
 
     scale = Scale("test", ("01",), (), matrix=nv.MATRIX, n_slices=nv.N_SLICES,
                   t1w_voxel_mm=4.0)

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from bids_app.config import Config
-from bids_app.data.scenario import Scale
-from bids_app.data.simulate_bold import simulate_bold
 from bids_app.fmri.builtin import mni_to_native_points, preprocess_bold
 from bids_app.fmri.registration import apply_affine_points, epi_brain_mask, grid_points
 from bids_app.fmri.template import load_template, template_grid
+from bids_app.simulate.bold import simulate_bold
+from bids_app.simulate.scenario import Scale
 
 SMALL = Scale("test", ("01",), (), matrix=(40, 48), n_slices=30, t1w_voxel_mm=3.0)
 N_VOL = 30

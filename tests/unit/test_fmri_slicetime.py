@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bids_app.data import natview_facts as nv
 from bids_app.fmri.slicetime import shift_series, slice_time_correct, slice_time_reference
+from bids_app.natview import facts as nv
 
 
 def _phase(series: np.ndarray, freq: float, times: np.ndarray) -> np.ndarray:

@@ -12,12 +12,12 @@ import pandas as pd
 import pytest
 
 from bids_app.config import Config
-from bids_app.data.scenario import Scale
-from bids_app.data.simulate_bold import simulate_bold
 from bids_app.errors import InputError
 from bids_app.fmri.template import template_grid
 from bids_app.io.bids import RunFiles
 from bids_app.io.derivatives import DerivativesWriter
+from bids_app.simulate.bold import simulate_bold
+from bids_app.simulate.scenario import Scale
 from bids_app.workflows.fmri import FMRIResult, run_fmri_workflow
 
 ENTS = {"sub": "01", "ses": "01", "task": "rest", "run": "01"}

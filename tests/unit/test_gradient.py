@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from scipy import signal
 
-from bids_app.data import natview_facts as nv
-from bids_app.data.simulate_artifacts import simulate_recording as make_recording
 from bids_app.eeg.gradient import remove_gradient_artifact
+from bids_app.natview import facts as nv
+from bids_app.simulate.artifacts import simulate_recording as make_recording
 
 SFREQ = nv.EEG_SFREQ
 TR_SAMPLES = int(round(nv.TR * SFREQ))

@@ -287,7 +287,7 @@ def test_workflow_writes_loadable_outputs(planted, tmp_path):
     from bids_app.config import Config
     from bids_app.io.derivatives import DerivativesWriter
     from bids_app.workflows.masking import run_masking_workflow
-    from bids_app.workflows.models import ModelsResult
+    from bids_app.workflows.models_result import ModelsResult
 
     test, truth, _, (vae1, vae2) = planted
     config = Config().replace("masking", windows="all", n_null=1000, n_boot=50,
@@ -399,7 +399,7 @@ def test_window_selection_keeps_observed_stimulus(planted, tmp_path, caplog):
     from bids_app.config import Config
     from bids_app.io.derivatives import DerivativesWriter
     from bids_app.workflows.masking import _select_windows, masking_data, run_masking_workflow
-    from bids_app.workflows.models import ModelsResult
+    from bids_app.workflows.models_result import ModelsResult
 
     test, _, _, (vae1, vae2) = planted
     ws = _window_set(test)

@@ -14,9 +14,9 @@ from xml.sax.saxutils import escape
 import numpy as np
 import pytest
 
-from bids_app.data import natview_facts as nv
-from bids_app.data.natview import download_natview, list_objects, safe_extract, select_files
 from bids_app.errors import InputError
+from bids_app.natview import facts as nv
+from bids_app.natview.download import download_natview, list_objects, safe_extract, select_files
 
 PREFIX = nv.S3_PREFIX
 ROOT = PREFIX + "raw_data/"
@@ -175,7 +175,7 @@ def test_subset_resume_and_skip(bucket, tmp_path):
 
 
 def test_select_files_by_task_and_session():
-    from bids_app.data.natview import RemoteFile
+    from bids_app.natview.download import RemoteFile
 
     files = [RemoteFile(k, len(v)) for k, v in _release().items()]
     rest = select_files(files, ROOT, tasks=["rest"])

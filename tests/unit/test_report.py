@@ -19,10 +19,10 @@ from nilearn import datasets
 
 from bids_app import coupling as cp
 from bids_app.config import Config
-from bids_app.data import natview_facts as nv
 from bids_app.eeg import forward, source
 from bids_app.io.bids import RunFiles
 from bids_app.io.derivatives import DerivativesWriter
+from bids_app.natview import facts as nv
 from bids_app.report import figures
 from bids_app.report.participant import methods_text, write_participant_report
 from bids_app.workflows.participant import Failure, RunOutcome

@@ -13,10 +13,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bids_app.data import natview_facts as nv
-from bids_app.data import scenario
-from bids_app.data.eeglab_io import read_vmrk, run_markers, write_release_eeg
-from bids_app.data.simulate import (
+from bids_app.io.brainvision import read_vmrk
+from bids_app.io.validate import run_validator
+from bids_app.natview import facts as nv
+from bids_app.simulate import scenario
+from bids_app.simulate.dataset import (
     assemble_eeg,
     checker_blocks,
     load_run_truth,
@@ -25,7 +26,7 @@ from bids_app.data.simulate import (
     simulate_dataset,
     sum_components,
 )
-from bids_app.io.validate import run_validator
+from bids_app.simulate.release_eeg import run_markers, write_release_eeg
 
 TINY = scenario.SCALES["tiny"]
 #: A scale small enough to simulate twice in a test (determinism).

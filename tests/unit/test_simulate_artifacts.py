@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bids_app.data import natview_facts as nv
-from bids_app.data.simulate_artifacts import simulate_artifacts, slice_waveforms
+from bids_app.natview import facts as nv
+from bids_app.simulate.artifacts import simulate_artifacts, slice_waveforms
 
 SFREQ = nv.EEG_SFREQ
 N_VOL = 6

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bids_app.data import natview_facts as nv
-from bids_app.data.scenario import Scale
-from bids_app.data.simulate_bold import simulate_bold
+from bids_app.natview import facts as nv
+from bids_app.simulate.bold import simulate_bold
+from bids_app.simulate.scenario import Scale
 
 SMALL = Scale("test", ("01",), (), matrix=(36, 44), n_slices=28, t1w_voxel_mm=3.0)
 VOXEL = (5.0, 5.0, 5.5)
@@ -89,7 +89,7 @@ def test_planted_coupling_in_native_voxels(sim):
 def test_spm_hrf_matches_nilearn_and_t1w_optional():
     from nilearn.glm.first_level import spm_hrf as nilearn_hrf
 
-    from bids_app.data.simulate_bold import spm_hrf
+    from bids_app.simulate.bold import spm_hrf
 
     for dt in (0.1, 2.1):
         np.testing.assert_allclose(spm_hrf(dt), nilearn_hrf(dt, oversampling=1), atol=1e-12)

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from scipy import signal
 
-from bids_app.data import natview_facts as nv
-from bids_app.data import scenario
-from bids_app.data.simulate_neural import planted_gain, simulate_neural
-from bids_app.data.simulate_stimulus import simulate_stimulus
 from bids_app.eeg import forward
+from bids_app.natview import facts as nv
+from bids_app.simulate import scenario
+from bids_app.simulate.neural import planted_gain, simulate_neural
+from bids_app.simulate.stimulus import simulate_stimulus
 
 SFREQ = 250.0
 CH = list(nv.EEG_CHANNELS)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bids_app.data import natview_facts as nv
-from bids_app.data.simulate_stimulus import (
+from bids_app.natview import facts as nv
+from bids_app.simulate.stimulus import (
     LUMA,
     checker_design,
     simulate_stimulus,

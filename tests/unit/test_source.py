@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from nilearn import datasets
 
-from bids_app.data import natview_facts as nv
-from bids_app.data import scenario
-from bids_app.data.simulate_neural import simulate_neural
-from bids_app.data.simulate_stimulus import simulate_stimulus
 from bids_app.eeg import forward, source
 from bids_app.errors import InputError
+from bids_app.natview import facts as nv
+from bids_app.simulate import scenario
+from bids_app.simulate.neural import simulate_neural
+from bids_app.simulate.stimulus import simulate_stimulus
 
 SFREQ, TR, DURATION = 250.0, nv.TR, 120.0
 

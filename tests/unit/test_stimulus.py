@@ -7,7 +7,6 @@ import pandas as pd
 import pytest
 import torch
 
-from bids_app.data.simulate_stimulus import simulate_stimulus, write_video
 from bids_app.errors import InputError
 from bids_app.models.stimulus import (
     HandcraftedExtractor,
@@ -17,6 +16,7 @@ from bids_app.models.stimulus import (
     extract_video_features,
     window_features,
 )
+from bids_app.simulate.stimulus import simulate_stimulus, write_video
 
 
 @pytest.fixture(scope="module")

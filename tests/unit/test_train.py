@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from bids_app.data.simulate_stimulus import simulate_windows
 from bids_app.models import distributed
 from bids_app.models.train import fit, load_model, make_model, model_bytes, predict
 from bids_app.models.windows import WindowStore, split_windows
+from bids_app.simulate.stimulus import simulate_windows
 
 EPOCHS = 4
 

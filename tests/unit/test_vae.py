@@ -7,7 +7,6 @@ import pytest
 import torch
 from torch import nn
 
-from bids_app.data.simulate_stimulus import simulate_windows
 from bids_app.models.initialise import calibrate_experts, init_from_pca, select_own_paths
 from bids_app.models.train import evaluate_vae1, evaluate_vae2, fit, make_model, predict
 from bids_app.models.vae import (
@@ -18,6 +17,7 @@ from bids_app.models.vae import (
     product_of_experts,
 )
 from bids_app.models.windows import split_windows
+from bids_app.simulate.stimulus import simulate_windows
 
 C, T, V = 5, 7, 11
 

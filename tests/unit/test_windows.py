@@ -177,8 +177,8 @@ def _write_derivatives(out, stimuli, rng):
     import mne
 
     from bids_app.config import Config
-    from bids_app.data.simulate_stimulus import simulate_stimulus, write_video
     from bids_app.io.derivatives import DerivativesWriter
+    from bids_app.simulate.stimulus import simulate_stimulus, write_video
 
     writer = DerivativesWriter(out, Config())
     n_vol, tr, t0, sfreq = 30, 2.1, 10.0, 100.0

@@ -20,15 +20,16 @@ from pathlib import Path
 import numpy as np
 
 from bids_app import __version__
-from bids_app.data import natview_facts as nv
-from bids_app.data.convert_eeg import (  # noqa: F401  (public names of this module)
+from bids_app.errors import InputError
+from bids_app.natview import facts as nv
+from bids_app.natview.convert_eeg import (  # noqa: F401  (public names of this module)
     MARKER_MEANING,
     convert_eeg_run,
     eeg_sidecar,
     is_junk_marker,
     normalize_marker,
 )
-from bids_app.data.convert_sidecars import (  # noqa: F401
+from bids_app.natview.convert_sidecars import (  # noqa: F401
     NON_STANDARD_KEYS,
     ConversionReport,
     clean_bold_sidecar,
@@ -39,7 +40,6 @@ from bids_app.data.convert_sidecars import (  # noqa: F401
     task_of,
     write_json,
 )
-from bids_app.errors import InputError
 
 logger = logging.getLogger(__name__)
 

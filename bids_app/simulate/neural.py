@@ -1,6 +1,6 @@
 """Simulated neural activity: planted dipoles and background brain noise on the scalp.
 
-The planted sources of :mod:`bids_app.data.scenario` are dipoles at their MNI positions,
+The planted sources of :mod:`bids_app.simulate.scenario` are dipoles at their MNI positions,
 projected to the 61 NATVIEW EEG channels (reference FCz) through a 4-shell spherical head
 (:func:`bids_app.eeg.forward.make_head_model` with ``simulation=True``) that differs from
 the 3-shell sphere the inverse uses, so source imaging is never tested on its own model.
@@ -31,9 +31,9 @@ import numpy as np
 import pandas as pd
 from scipy import signal
 
-from bids_app.data import natview_facts as nv
-from bids_app.data import scenario
 from bids_app.eeg import forward
+from bids_app.natview import facts as nv
+from bids_app.simulate import scenario
 
 logger = logging.getLogger(__name__)
 

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from bids_app.data import natview_facts as nv
-from bids_app.data import scenario
-from bids_app.data.simulate_timeline import RunTimeline, run_timeline
-from bids_app.data.simulate_writers import dump_json, run_stem, truth_dir
+from bids_app.eeg.forward import montage_positions
 from bids_app.errors import InputError
+from bids_app.natview import facts as nv
+from bids_app.simulate import scenario
+from bids_app.simulate.timeline import RunTimeline, run_timeline
+from bids_app.simulate.writers import dump_json, run_stem, truth_dir
 
 logger = logging.getLogger(__name__)
 
@@ -126,22 +127,6 @@ def ocular_weights() -> np.ndarray:
     return np.minimum(1.0, 1.25 * np.exp(-dist / 0.052))
 
 
-def montage_positions(ch_names) -> np.ndarray:
-    """Electrode positions (m, head frame) of ``ch_names`` on colin27 (standard_1005)."""
-    import warnings
-
-    import mne
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        try:
-            montage = mne.channels.make_standard_montage("colin27_1005")
-        except ValueError:
-            montage = mne.channels.make_standard_montage("standard_1005")
-    ch_pos = montage.get_positions()["ch_pos"]
-    return np.array([ch_pos[c] for c in ch_names])
-
-
 def load_run_truth(npz_path: str | Path) -> dict[str, np.ndarray]:
     """Load a run's truth ``.npz`` written by the simulator (see sourcedata README).
 
@@ -183,7 +168,7 @@ def _artifact_seed(truth: dict) -> np.random.SeedSequence:
 
 
 def _regenerate_artifacts(truth: dict, npz_path) -> dict[str, np.ndarray]:
-    from bids_app.data.simulate_artifacts import simulate_artifacts
+    from bids_app.simulate.artifacts import simulate_artifacts
 
     art = simulate_artifacts(
         int(truth["neural"].shape[1]),
@@ -312,7 +297,7 @@ stimuli/task-<task>_features.npz
     The videos themselves are in the dataset's top-level stimuli/ folder.
 sub-XX/<run>_truth.npz
     The recorded EEG is exactly the sum of these components (float32); load the file
-    with bids_app.data.simulate.load_run_truth(), which regenerates the MR artifacts
+    with bids_app.simulate.dataset.load_run_truth(), which regenerates the MR artifacts
     (gradient, bcg, line, noise) from the stored artifact seed and checks them against
     the stored checksums (np.load alone gives neural, ecg, eog and the timings):
       neural (61 rows)  scalp EEG of the dipoles (4-shell spherical forward model)
@@ -323,7 +308,7 @@ sub-XX/<run>_truth.npz
                         ECG channel carries no BCG and no line noise)
       ecg (1-D)         cardiac signal on the ECG channel
       eog (2 rows)      EOGL, EOGU signals (blinks, saccades)
-    bids_app.data.simulate.sum_components(dict) rebuilds the recording.
+    bids_app.simulate.dataset.sum_components(dict) rebuilds the recording.
     Also: sfreq, ch_names, eeg_channels, volume_onsets_s (R128), slice_onsets_s,
     r_peaks_s (true heartbeats), noise_rms (per channel), stim_onset_s,
     source_waveforms (dipole moments, A*m, rows = source_names),

@@ -22,14 +22,14 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from bids_app.data import natview_facts as nv
-from bids_app.data.natview_s3 import (  # noqa: F401  (public names of this module)
+from bids_app.errors import InputError
+from bids_app.natview import facts as nv
+from bids_app.natview.s3 import (  # noqa: F401  (public names of this module)
     RemoteFile,
     fetch,
     is_complete,
     list_objects,
 )
-from bids_app.errors import InputError
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bids_app.data import natview_facts as nv
+from bids_app.natview import facts as nv
 
 logger = logging.getLogger(__name__)
 

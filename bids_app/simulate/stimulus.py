@@ -1,7 +1,7 @@
 """Planted stimulus features and the video frames that carry them.
 
 For movie tasks the simulator renders a small video whose frames carry the planted
-features of :data:`bids_app.data.scenario.PLANTED_FEATURES`:
+features of :data:`bids_app.simulate.scenario.PLANTED_FEATURES`:
 
 * **luminance**: mean Rec.601 luma of each frame (0..1): a level per "scene" (scene
   changes every 4-10 s are the luminance onsets) with a slow drift inside each scene;
@@ -12,7 +12,7 @@ features of :data:`bids_app.data.scenario.PLANTED_FEATURES`:
   20 s flicker) design; no video is rendered (the checkerboard is defined by the events).
 
 ``null=True`` renders the same kind of video: the null variant only removes the neural
-links, which :mod:`bids_app.data.simulate_neural` handles.
+links, which :mod:`bids_app.simulate.neural` handles.
 """
 
 from __future__ import annotations
@@ -25,14 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from bids_app.data import natview_facts as nv
+from bids_app.natview import facts as nv
 
 logger = logging.getLogger(__name__)
 
-MOVIE_TASKS: tuple[str, ...] = tuple(
-    name for name, info in nv.TASKS.items() if info.stimulus and info.stimulus.endswith(".avi")
-)
-CHECKER_TASKS: tuple[str, ...] = ("checker", "checkeroff", "checkerout")
 
 #: Rec.601 luma weights (R, G, B) defining "luminance".
 LUMA = np.array([0.299, 0.587, 0.114])
@@ -152,11 +148,11 @@ def simulate_stimulus(
     """
     n = int(round(duration_s * fps))
     t = np.arange(n) / fps
-    if task in CHECKER_TASKS:
+    if task in nv.CHECKER_TASKS:
         on, onsets = checker_design(duration_s, fps)
         return StimulusSim(task, fps, duration_s, {"checker": on.astype(float)},
                            {"checker": onsets}, None, on, null)  # fmt: skip
-    if task not in MOVIE_TASKS:
+    if task not in nv.MOVIE_TASKS:
         return StimulusSim(task, fps, duration_s, {}, {}, None, np.zeros(n, bool), null)
 
     # luminance: one level per scene + slow drift

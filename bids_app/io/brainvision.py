@@ -1,7 +1,7 @@
 """BrainVision files: ``.vhdr``/``.vmrk`` headers, marker reading and chunked writing.
 
 The NATVIEW release keeps orphan BrainVision headers beside its EEGLAB files (written for
-the simulator by :mod:`bids_app.data.eeglab_io`); the converter reads their markers and
+the simulator by :mod:`bids_app.io.eeglab`); the converter reads their markers and
 writes complete BrainVision recordings (``.eeg`` float32 microvolts) for BIDS.
 """
 
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bids_app.data import natview_facts as nv
 from bids_app.errors import InputError
+from bids_app.natview import facts as nv
 
 logger = logging.getLogger(__name__)
 

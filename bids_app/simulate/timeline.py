@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bids_app.data import natview_facts as nv
-from bids_app.data import scenario
+from bids_app.natview import facts as nv
+from bids_app.simulate import scenario
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bids_app.data import natview_facts as nv
+from bids_app.natview import facts as nv
 
 
 @dataclass(frozen=True)

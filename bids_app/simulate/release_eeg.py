@@ -1,84 +1,25 @@
-"""EEG files as the NATVIEW release stores them: EEGLAB ``.set`` plus orphan ``.vhdr``/``.vmrk``.
+"""One NATVIEW recording's EEG files, with the layout and defects of the release.
 
-The release keeps its EEG as single-precision EEGLAB ``.set`` files (data inside the
-``.set``) with BrainVision ``.vhdr``/``.vmrk`` headers beside them whose ``.eeg`` data file
-is missing. This module writes that layout (for the simulator); the BrainVision side
-(headers, markers, reading) is in :mod:`bids_app.data.brainvision_io`.
+The release keeps its EEG as single-precision EEGLAB ``.set`` files with BrainVision
+``.vhdr``/``.vmrk`` headers beside them whose ``.eeg`` data file is missing, recorder
+markers mixed into the events, inconsistent channel-type casing and unit-sphere electrode
+positions. The simulator writes exactly that, so the converter meets the release's defects.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
 
-from bids_app.data import natview_facts as nv
-from bids_app.data.brainvision_io import (  # noqa: F401  (public names of this module)
-    Marker,
-    read_vmrk,
-    write_brainvision,
-    write_vhdr,
-    write_vmrk,
-)
-
-logger = logging.getLogger(__name__)
-
+from bids_app.eeg.forward import montage_positions
+from bids_app.io.brainvision import Marker, write_vhdr, write_vmrk
+from bids_app.io.eeglab import write_set
+from bids_app.natview import facts as nv
 
 #: Samples between two ``SyncStatus``/``Sync On`` recorder markers in the release.
 SYNC_INTERVAL_SAMPLES = 10_000
-
-
-def write_set(
-    fname: Path,
-    data_v: np.ndarray,
-    sfreq: float,
-    markers: list[Marker],
-    *,
-    ch_names: tuple[str, ...] = nv.CHANNEL_NAMES,
-) -> Path:
-    """Write continuous EEG as a single-precision EEGLAB ``.set`` (data inside the file).
-
-    Parameters
-    ----------
-    fname : Path
-        Output ``.set`` path.
-    data_v : ndarray, shape (n_channels, n_times)
-        Data in volts (stored in microvolts as EEGLAB does).
-    sfreq : float
-        Sampling frequency in Hz.
-    markers : list of Marker
-        Events; recorder ``New Segment`` markers become EEGLAB ``boundary`` events,
-        ``SyncStatus`` markers are not stored (the recorder keeps them in the ``.vmrk``).
-    ch_names : tuple of str
-        Channel names in data order.
-
-    Returns
-    -------
-    Path
-        ``fname``.
-    """
-    from eeglabio.raw import export_set
-
-    kept = [m for m in markers if m.kind not in ("SyncStatus",)]
-    names = np.array(
-        ["boundary" if m.kind == "New Segment" else m.description for m in kept], dtype=object
-    )
-    onsets = np.array([m.sample / sfreq for m in kept], dtype=float)
-    durations = np.zeros(len(kept))
-    ch_types = [nv.CHANNEL_TYPES.get(c, "eeg").upper() for c in ch_names]
-    export_set(
-        str(fname),
-        data_v,
-        sfreq,
-        list(ch_names),
-        annotations=[names, onsets, durations],
-        ref_channels=nv.EEG_REFERENCE,
-        ch_types=ch_types,
-        precision="single",
-    )
-    return Path(fname)
 
 
 def run_markers(
@@ -219,9 +160,7 @@ def write_release_eeg(
 
 def write_unit_sphere_electrodes(fname: Path) -> Path:
     """Electrode positions on a unit sphere (no units, no coordinate system), as released."""
-    from bids_app.data.simulate_truth import montage_positions as _montage_positions
-
-    pos = _montage_positions(nv.EEG_CHANNELS)
+    pos = montage_positions(nv.EEG_CHANNELS)
     pos = pos - np.array([0.0, -0.017, 0.0])  # roughly centre the head
     pos = pos / np.linalg.norm(pos, axis=1, keepdims=True)
     rows = ["name\tx\ty\tz"]

@@ -13,10 +13,10 @@ import re
 import warnings
 from pathlib import Path
 
-from bids_app.data import natview_facts as nv
-from bids_app.data.convert_sidecars import ConversionReport, task_of, write_json
-from bids_app.data.eeglab_io import Marker, read_vmrk, write_brainvision
 from bids_app.errors import InputError
+from bids_app.io.brainvision import Marker, read_vmrk, write_brainvision
+from bids_app.natview import facts as nv
+from bids_app.natview.convert_sidecars import ConversionReport, task_of, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -202,10 +202,10 @@ def _write_electrodes(out_dir: Path, prefix: str, ch_names: list[str], report) -
     tsv = out_dir / f"{prefix}_space-MNIColin27_electrodes.tsv"
     if tsv.exists():
         return
-    from bids_app.data.simulate_truth import montage_positions as _montage_positions
+    from bids_app.eeg.forward import montage_positions
 
     names = [c for c in ch_names if nv.CHANNEL_TYPES.get(c) == "eeg"]
-    pos = _montage_positions(names)
+    pos = montage_positions(names)
     rows = ["name\tx\ty\tz"] + [
         f"{n}\t{x:.5f}\t{y:.5f}\t{z:.5f}" for n, (x, y, z) in zip(names, pos)
     ]

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bids_app.data import natview_facts as nv
-from bids_app.data import scenario
-from bids_app.data.simulate_timeline import RunTimeline
+from bids_app.natview import facts as nv
+from bids_app.simulate import scenario
+from bids_app.simulate.timeline import RunTimeline
 
 
 def _json_default(obj):
@@ -49,7 +49,7 @@ def video_name(task: str) -> str:
 
 def write_stimulus_video(out_dir: Path, task: str, frames: np.ndarray, fps: float) -> Path:
     """Encode ``frames`` (n, H, W, 3 uint8) as ``stimuli/<release name>.mp4`` with PyAV."""
-    from bids_app.data.simulate_stimulus import write_video
+    from bids_app.simulate.stimulus import write_video
 
     return write_video(out_dir / "stimuli" / video_name(task), frames, fps)
 
@@ -205,7 +205,7 @@ def write_subject_files(out_dir: Path, subject: str, bold_sim, coupled: dict) ->
     transform = {
         "description": "MNI mm = affine @ native mm + d(native), d_i(y) = amplitude_mm[i] * "
         "sin(2 pi y[(i+1) % 3] / wavelength_mm + phase[i]) "
-        "(bids_app.data.simulate_bold.NativeToMNI)",
+        "(bids_app.simulate.bold.NativeToMNI)",
         **(transform if isinstance(transform, dict) else {"affine": transform}),
     }
     dump_json(truth / f"sub-{subject}_from-native_to-MNI152NLin2009cAsym_xfm.json", transform)

@@ -115,6 +115,11 @@ TASKS: dict[str, TaskInfo] = {
         TaskInfo("peer", "peer_calibration", 108.0, 55),
     )
 }
+#: Tasks whose stimulus is a movie file (``.avi``) and those showing the checkerboard.
+MOVIE_TASKS: tuple[str, ...] = tuple(
+    name for name, info in TASKS.items() if info.stimulus and info.stimulus.endswith(".avi")
+)
+CHECKER_TASKS: tuple[str, ...] = ("checker", "checkeroff", "checkerout")
 CHECKER_FLICKER_HZ = 12.0  # stimulus script default (unconfirmed for the recording)
 CHECKER_BLOCK_S = 20.0
 

@@ -1,9 +1,9 @@
 """Simulate a NATVIEW-shaped EEG-fMRI release (or a BIDS dataset) with known truth.
 
 The orchestrator calls the four generator modules (stimulus, neural, artifacts, BOLD) with
-one shared timeline per run (:mod:`bids_app.data.simulate_timeline`), adds the EEG
-components up (:mod:`bids_app.data.simulate_truth`), and writes the files as the NKI
-NATVIEW release stores them (:mod:`bids_app.data.simulate_writers`), with the planted truth
+one shared timeline per run (:mod:`bids_app.simulate.timeline`), adds the EEG
+components up (:mod:`bids_app.simulate.truth`), and writes the files as the NKI
+NATVIEW release stores them (:mod:`bids_app.simulate.writers`), with the planted truth
 under ``sourcedata/simulation/``.
 """
 
@@ -16,13 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from bids_app.data import scenario
-from bids_app.data.eeglab_io import run_markers, write_release_eeg
-from bids_app.data.simulate_timeline import RunTimeline, checker_blocks, run_timeline
-from bids_app.data.simulate_truth import (
+from bids_app.simulate import scenario
+from bids_app.simulate.release_eeg import run_markers, write_release_eeg
+from bids_app.simulate.timeline import RunTimeline, checker_blocks, run_timeline
+from bids_app.simulate.truth import (
     assemble_eeg,
     load_run_truth,
-    montage_positions,
     ocular_component,
     ocular_weights,
     sum_components,
@@ -30,7 +29,7 @@ from bids_app.data.simulate_truth import (
     write_run_truth,
     write_truth_readme,
 )
-from bids_app.data.simulate_writers import (
+from bids_app.simulate.writers import (
     as_scanner_int16,
     bold_sidecar,
     dump_json,
@@ -42,13 +41,11 @@ from bids_app.data.simulate_writers import (
     write_stimulus_video,
     write_subject_files,
 )
-from bids_app.data.simulate_writers import run_stem as _stem
-
-_montage_positions = montage_positions  # former private name, used by older callers
+from bids_app.simulate.writers import run_stem as _stem
 
 __all__ = [
     "RunTimeline", "as_scanner_int16", "assemble_eeg", "bold_sidecar", "checker_blocks",
-    "dump_json", "load_run_truth", "montage_positions", "ocular_component",
+    "dump_json", "load_run_truth", "ocular_component",
     "ocular_weights", "run_timeline", "simulate_dataset", "sum_components", "video_name",
     "write_eyetracking", "write_release_root", "write_run_bold", "write_stimulus_video",
     "write_subject_files", "write_eeg_truth", "write_run_truth", "write_truth_readme",
@@ -75,11 +72,11 @@ def simulate_dataset(
     out_dir : str | Path
         Directory to create (must be empty or absent).
     scale : {"tiny", "demo", "natview"} | Scale
-        Size preset of :data:`bids_app.data.scenario.SCALES`, or a custom ``Scale``.
+        Size preset of :data:`bids_app.simulate.scenario.SCALES`, or a custom ``Scale``.
     layout : {"natview", "bids"}
         ``"natview"`` writes the release as NKI distributes it (EEGLAB ``.set`` with orphan
         BrainVision headers and the release's defects); ``"bids"`` converts it to a valid
-        BIDS dataset with :func:`bids_app.data.convert.convert_natview`.
+        BIDS dataset with :func:`bids_app.natview.convert.convert_natview`.
     null : bool
         Remove every planted stimulus -> source -> BOLD link (false-discovery control).
     seed : int
@@ -100,7 +97,7 @@ def simulate_dataset(
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"Output directory {out_dir} is not empty.")
     if layout == "bids":
-        from bids_app.data.convert import convert_natview
+        from bids_app.natview.convert import convert_natview
 
         with tempfile.TemporaryDirectory(prefix="eegfmri-sim-") as tmp:
             raw_dir = simulate_dataset(Path(tmp) / "raw", scale=scale, null=null, seed=seed)
@@ -111,7 +108,7 @@ def simulate_dataset(
 
 
 def _simulate_release(out_dir: Path, scale: scenario.Scale, *, null: bool, seed: int) -> None:
-    from bids_app.data.simulate_bold import simulate_bold
+    from bids_app.simulate.bold import simulate_bold
 
     out_dir.mkdir(parents=True, exist_ok=True)
     root = np.random.SeedSequence(seed)
@@ -145,9 +142,9 @@ def _simulate_run(
     out_dir, subject, spec, scale, stim, run_seq, anatomy: dict, *, null: bool, t1w: bool
 ):
     """Simulate and write one run; big arrays are written and freed as early as possible."""
-    from bids_app.data.simulate_artifacts import simulate_artifacts
-    from bids_app.data.simulate_bold import simulate_bold
-    from bids_app.data.simulate_neural import simulate_neural
+    from bids_app.simulate.artifacts import simulate_artifacts
+    from bids_app.simulate.bold import simulate_bold
+    from bids_app.simulate.neural import simulate_neural
 
     logger.info("Simulating sub-%s %s run %s", subject, spec.task, spec.run)
     seq_neural, seq_art, seq_bold = run_seq.spawn(3)
@@ -213,14 +210,14 @@ def _same_anatomy(simulate_bold, anatomy_seq: np.random.SeedSequence) -> dict:
     if "anatomy" not in inspect.signature(simulate_bold).parameters:
         logger.warning("simulate_bold has no 'anatomy' argument: runs differ in anatomy.")
         return {}
-    from bids_app.data.simulate_bold import _planted_anatomy
+    from bids_app.simulate.bold import _planted_anatomy
 
     return {"anatomy": _planted_anatomy(np.random.default_rng(anatomy_seq))}
 
 
 def _simulate_stimuli(scale, seq, *, null: bool, out_dir: Path) -> dict:
     """One stimulus per task (every run and subject watches the same video)."""
-    from bids_app.data.simulate_stimulus import simulate_stimulus
+    from bids_app.simulate.stimulus import simulate_stimulus
 
     tasks = sorted({spec.task for spec in scale.runs})
     stimuli = {}

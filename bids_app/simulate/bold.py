@@ -32,10 +32,10 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage, stats
 
-from bids_app.data import natview_facts as nv
-from bids_app.data.scenario import Scale, sources_for_task
 from bids_app.fmri.motion import grid_center, rigid_matrix, rotation_matrix
 from bids_app.fmri.template import load_template
+from bids_app.natview import facts as nv
+from bids_app.simulate.scenario import Scale, sources_for_task
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import signal
 
-from bids_app.data import natview_facts as nv
+from bids_app.natview import facts as nv
 
 logger = logging.getLogger(__name__)
 
@@ -320,7 +320,7 @@ def simulate_recording(
 
     The neural part is a 1/f^2 background (10 uV RMS, high-passed at 0.5 Hz) on every EEG
     channel plus a 10 Hz alpha (10 uV) and a 12 Hz SSVEP (4 uV) on occipital channels; the
-    full simulator (``bids_app.data.simulate``) uses dipolar sources instead.
+    full simulator (``bids_app.simulate.dataset``) uses dipolar sources instead.
 
     Parameters
     ----------
