@@ -130,12 +130,16 @@ def train_only(args: argparse.Namespace) -> dict:
         seed=0,
         device=args.device,
         amp=True,
+        feed=args.feed,
+        gpu_batch_size=args.gpu_batch_size,
         include_initial=Config().model.pca_init,
     )
     seconds = time.perf_counter() - t0
     peak = peak_rss_gb()
     out = {
         "device": res.device,
+        "feed": res.extra["feed"],
+        "batch_size": res.extra["batch_size"],
         "threads": args.threads,
         "parameters": n_params,
         "trainable_parameters": n_trainable,
@@ -148,6 +152,7 @@ def train_only(args: argparse.Namespace) -> dict:
     }
     if torch.cuda.is_available() and res.device.startswith("cuda"):
         out["peak_gpu_gb"] = torch.cuda.max_memory_allocated() / 1e9
+        out["gpu_utilisation_percent"] = res.history[-1].get("gpu_utilisation_percent")
     return out
 
 
@@ -194,6 +199,12 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    p.add_argument("--feeds", default="auto",
+                   help="comma-separated feeds to time side by side (host, resident, "
+                        "prefetch, auto), each in a fresh process, e.g. host,auto on a GPU")
+    p.add_argument("--feed", default="auto", help=argparse.SUPPRESS)
+    p.add_argument("--gpu-batch-size", type=int, default=None,
+                   help="global batch size on CUDA (default: --batch-size)")
     p.add_argument("--train-only", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--keep", action="store_true", help="keep the synthesised files")
     args = p.parse_args()
@@ -206,14 +217,17 @@ def main() -> int:
         print(json.dumps(train_only(args)))
         return 0
     data = synthesise(args)
-    child = subprocess.run(
-        [sys.executable, __file__, "--train-only", *sys.argv[1:]],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**os.environ, "OMP_NUM_THREADS": str(args.threads)},
-    )
-    train = json.loads(child.stdout.strip().splitlines()[-1])
+    trains = {}
+    for feed in args.feeds.split(","):
+        child = subprocess.run(
+            [sys.executable, __file__, "--train-only", "--feed", feed, *sys.argv[1:]],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "OMP_NUM_THREADS": str(args.threads)},
+        )
+        trains[feed] = json.loads(child.stdout.strip().splitlines()[-1])
+    train = next(iter(trains.values()))
     epoch_windows = 0.6 * data["windows"]
     rows = [
         ("windows (subjects x runs x volumes)", f"{data['windows']:,}"),
@@ -225,19 +239,28 @@ def main() -> int:
          f"{train['parameters'] / 1e6:.1f} M ({train['trainable_parameters'] / 1e6:.1f} M)"),
         ("PCA initialisation (block PCA of the training windows)", f"{train['init_s']:.0f} s"),
         ("device / threads", f"{train['device']} / {train['threads']}"),
-        ("training throughput", f"{train['windows_per_s']:.1f} windows/s"),
-        (
-            "one epoch (60 % of windows), extrapolated",
-            f"{epoch_windows / train['windows_per_s'] / 60:.0f} min",
-        ),
-        ("peak resident memory (training process)", f"{train['peak_rss_gb']:.2f} GB"),
+    ]
+    per_feed = [
+        ("feed (how windows reach the device) / batch size",
+         lambda r: f"{r['feed']} / {r['batch_size']}"),
+        ("training throughput", lambda r: f"{r['windows_per_s']:.1f} windows/s"),
+        ("one epoch (60 % of windows), extrapolated",
+         lambda r: f"{epoch_windows / r['windows_per_s'] / 60:.1f} min"),
+        ("peak resident memory (training process)", lambda r: f"{r['peak_rss_gb']:.2f} GB"),
     ]
     if "peak_gpu_gb" in train:
-        rows.append(("peak GPU memory", f"{train['peak_gpu_gb']:.2f} GB"))
-    width = max(len(r[0]) for r in rows)
+        per_feed += [("peak GPU memory", lambda r: f"{r['peak_gpu_gb']:.2f} GB"),
+                     ("GPU utilisation (last epoch, NVML)",
+                      lambda r: f"{r.get('gpu_utilisation_percent')} %")]
+    width = max(len(r[0]) for r in rows + per_feed)
     print(f"| {'quantity':<{width}} | value |\n|{'-' * (width + 2)}|-------|")
     for name, value in rows:
         print(f"| {name:<{width}} | {value} |")
+    head = " | ".join(f"--feed {f}" for f in trains)
+    print(f"\n| {'training (one epoch)':<{width}} | {head} |\n"
+          f"|{'-' * (width + 2)}|{'---|' * len(trains)}")
+    for name, fmt in per_feed:
+        print(f"| {name:<{width}} | {' | '.join(fmt(r) for r in trains.values())} |")
     if not args.keep:
         shutil.rmtree(args.work_dir, ignore_errors=True)
     return 0

@@ -173,6 +173,10 @@ class ModelConfig:
     stimulus_beta: float = 0.01
     epochs: int = 60
     batch_size: int = 64
+    # on a GPU: global batch size (learning rate scaled by the square root of the ratio)
+    # and how windows reach it ("auto": resident in float16 when they fit, else prefetch)
+    gpu_batch_size: int = 256
+    feed: str = "auto"
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     patience: int = 8

@@ -12,6 +12,8 @@ vae
     ``MultimodalVAE`` (VAE-1) and ``StimulusVAE`` (VAE-2) with product-of-experts fusion.
 train
     ``fit`` (single process or torchrun); re-exports inference and evaluation.
+feed
+    How windows reach the device: host reads (CPU), GPU-resident float16, or prefetch.
 inference
     ``predict``, ``model_bytes`` and ``load_model`` (model files).
 evaluate

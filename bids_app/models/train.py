@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -32,6 +32,7 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 
 from bids_app.models.evaluate import evaluate_vae1, evaluate_vae2, fit_pca_baseline
+from bids_app.models.feed import WindowFeed, choose_feed, device_memory
 from bids_app.models.inference import load_model, model_bytes, predict, state_cpu
 from bids_app.models.vae import MultimodalVAE, StimulusVAE, build_model
 
@@ -146,18 +147,6 @@ class _Range:
         return self.n
 
 
-def _batch(
-    arrays: Mapping[str, np.ndarray], idx: np.ndarray, keys: Sequence[str], device: torch.device
-) -> dict[str, torch.Tensor]:
-    order = np.sort(idx)  # sorted reads are sequential on memory-mapped arrays
-    return {
-        k: torch.from_numpy(np.ascontiguousarray(arrays[k][order], dtype=np.float32)).to(
-            device, non_blocking=True
-        )
-        for k in keys
-    }
-
-
 @contextmanager
 def _deterministic(enabled: bool):
     previous = torch.are_deterministic_algorithms_enabled()
@@ -185,12 +174,10 @@ def _atomic_json(obj: Any, path: Path) -> None:
 
 def _evaluate(
     model: Model,
-    arrays: Mapping[str, np.ndarray],
+    windows: WindowFeed,
     idx: np.ndarray,
-    keys: Sequence[str],
     *,
     batch_size: int,
-    device: torch.device,
     rank: int,
     world: int,
     amp: bool,
@@ -198,13 +185,13 @@ def _evaluate(
     """Mean loss over ``idx`` (sharded over ranks, reduced to every rank)."""
     model.eval()
     shard = idx[rank::world]
+    device = windows.device
     total = torch.zeros(2, dtype=torch.float64, device=device)
     with torch.no_grad(), _autocast(device, amp):
-        for start in range(0, len(shard), batch_size):
-            b = shard[start : start + batch_size]
-            loss, _ = model.loss(_batch(arrays, b, keys, device))
-            total[0] += float(loss) * len(b)
-            total[1] += len(b)
+        for n, batch in windows.batches(shard, batch_size):
+            loss, _ = model.loss(batch)
+            total[0] += float(loss) * n
+            total[1] += n
     if world > 1:
         dist.all_reduce(total)
     return float(total[0] / total[1].clamp(min=1))
@@ -233,6 +220,8 @@ def fit(
     checkpoint: Path | None = None,
     resume: bool = True,
     amp: bool = True,
+    feed: str = "auto",
+    gpu_batch_size: int | None = None,
     include_initial: bool = False,
     progress: bool = False,
     callback: Callable[[int, dict[str, float]], None] | None = None,
@@ -269,6 +258,14 @@ def fit(
         Continue from ``checkpoint`` when it exists.
     amp : bool
         Mixed precision (bfloat16 autocast) on CUDA; ignored on CPU.
+    feed : str
+        How windows reach the device (:mod:`bids_app.models.feed`): ``"auto"`` reads
+        them from the host arrays on CPU (as always) and, on CUDA, keeps them resident
+        on the GPU in float16 when they fit, else prefetches them through pinned memory.
+    gpu_batch_size : int | None
+        Global batch size on CUDA (None: ``batch_size``); when larger than
+        ``batch_size`` the learning rate is scaled by the square root of the ratio
+        (Krizhevsky 2014; Hoffer et al. 2017). Ignored on CPU.
     include_initial : bool
         Evaluate the initial weights on the validation set and keep them as a candidate
         (``best_epoch`` -1), so that a model initialised from a good solution (e.g.
@@ -293,6 +290,12 @@ def fit(
     train_idx, val_idx = np.asarray(train_idx, dtype=np.int64), np.asarray(val_idx, np.int64)
     if len(train_idx) == 0 or len(val_idx) == 0:
         raise ValueError("fit() needs at least one training and one validation window.")
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+        if gpu_batch_size and gpu_batch_size > batch_size:
+            learning_rate *= float(np.sqrt(gpu_batch_size / batch_size))
+            batch_size = int(gpu_batch_size)
+    windows = WindowFeed(arrays, keys, dev, choose_feed(arrays, keys, dev, feed))
     model.to(dev)
     wrapped: nn.Module = _LossModule(model)
     if world > 1:
@@ -319,10 +322,8 @@ def fit(
         initial_val = state.get("initial_val")
         logger.info("resuming from %s after epoch %d", checkpoint, state["epoch"])
     elif include_initial:
-        initial_val = _evaluate(
-            model, arrays, val_idx, keys, batch_size=batch_size, device=dev,
-            rank=rank, world=world, amp=amp,
-        )  # fmt: skip
+        initial_val = _evaluate(model, windows, val_idx, batch_size=batch_size, rank=rank,
+                                world=world, amp=amp)
         best_val = initial_val
         logger.info("validation loss of the initial weights: %.4g", initial_val)
 
@@ -340,20 +341,17 @@ def fit(
             order = train_idx[np.fromiter(iter(sampler), dtype=np.int64)]
             model.train()
             total, count = 0.0, 0
-            for s in range(0, len(order), local_batch):
-                b = order[s : s + local_batch]
+            for n, batch in windows.batches(order, local_batch):
                 with _autocast(dev, amp):
-                    loss = wrapped(_batch(arrays, b, keys, dev))
+                    loss = wrapped(batch)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 nn.utils.clip_grad_norm_(model.parameters(), 10.0)
                 optimizer.step()
-                total += float(loss.detach()) * len(b)
-                count += len(b)
-            val = _evaluate(
-                model, arrays, val_idx, keys, batch_size=batch_size, device=dev,
-                rank=rank, world=world, amp=amp,
-            )  # fmt: skip
+                total += float(loss.detach()) * n
+                count += n
+            val = _evaluate(model, windows, val_idx, batch_size=batch_size, rank=rank,
+                            world=world, amp=amp)
             seconds = time.perf_counter() - t0
             record = {
                 "epoch": epoch,
@@ -361,6 +359,7 @@ def fit(
                 "val_loss": val,
                 "seconds": seconds,
                 "windows_per_s": count * world / seconds,
+                **device_memory(dev),
             }
             history.append(record)
             if val < best_val:
@@ -404,7 +403,8 @@ def fit(
         world_size=world,
         device=str(dev),
         resumed_from=resumed_from,
-        extra={} if initial_val is None else {"initial_val_loss": initial_val},
+        extra={"feed": windows.mode, "batch_size": batch_size, "learning_rate": learning_rate,
+               **({} if initial_val is None else {"initial_val_loss": initial_val})},
     )
 
 

@@ -116,6 +116,7 @@ def train_group_models(
     train_kw = {"epochs": mc.epochs, "batch_size": mc.batch_size,
                 "learning_rate": mc.learning_rate, "weight_decay": mc.weight_decay,
                 "patience": mc.patience, "seed": seed, "device": config.execution.device,
+                "feed": mc.feed, "gpu_batch_size": mc.gpu_batch_size,
                 "progress": config.execution.verbosity >= 0}  # fmt: skip
     ckpt = (lambda name: checkpoint_dir / f"{name}.ckpt") if checkpoint_dir else lambda n: None
     models: dict[str, Any] = {"vae1": None, "vae2": None}
