@@ -59,42 +59,80 @@ def _learning_curves(models: Any, writer: Any) -> tuple[list, list]:
         fig, ax = plt.subplots(figsize=(6, 2.6))
         ep = [h["epoch"] for h in hist]
         ax.plot(ep, [h["train_loss"] for h in hist], label="train")
-        ax.plot(ep, [h["val_loss"] for h in hist], label="validation")
+        ax.plot(ep, [h["val_loss"] for h in hist], ".-", ms=3, label="validation")
+        initial = res.extra.get("initial_val_loss")
+        if initial is not None:  # the initial (PCA) weights were a candidate
+            ax.plot([-1], [initial], "s", color="tab:orange", mfc="none",
+                    label="validation, initial weights")
         ax.axvline(res.best_epoch, color="0.5", ls=":", label="best")
         ax.set(xlabel="epoch", ylabel="loss (negative ELBO)", title=name)
-        ax.legend(frameon=False)
+        ax.legend(frameon=False, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+        fig.tight_layout()
         figs.append(_save(fig, writer, f"learning_curve_{name}"))
     return rows, figs
 
 
+def readable_run(label: str) -> str:
+    """``"01/01/checker/n/a"`` -> ``"sub-01 ses-01 task-checker"`` (run kept when set)."""
+    names = ("sub", "ses", "task", "run")
+    parts = [f"{n}-{v}" for n, v in zip(names, label.split("/")) if v and v != "n/a"]
+    return " ".join(parts)
+
+
 def _timelines(models: Any, masking: Any, writer: Any, max_runs: int = 6) -> list:
+    """Per run: stimulus features as a heat map over time (one row per feature, no legend
+    over the data), and below it the strongest VAE-2 effect of every EEG timestamp with the
+    annotated timestamps shaded."""
     stamps = masking.timestamps
     stim = masking.head("eeg", "vae2", "stimulus")
     windows = models.windows
     ann = masking.annotations.get("eeg")
     labels = windows.run_labels()
+    names = list(windows.feature_names or [])
     figs = []
     for run in sorted(stamps["run"].unique())[:max_runs]:
-        fig, ax = plt.subplots(figsize=(12, 2.8))
         sel = labels == run
-        if windows.stimulus is not None and windows.feature_names:
-            t = windows.meta["time_s"].to_numpy()[sel]
-            for f, name in enumerate(windows.feature_names):
-                ax.plot(t, np.asarray(windows.stimulus[sel])[:, f], lw=0.8, label=name)
         run_units = stamps[stamps["run"] == run]
+        has_features = windows.stimulus is not None and bool(names)
+        rows = [max(1.0, 0.2 * len(names)), 1.6] if has_features else [1.6]
+        fig = plt.figure(figsize=(10, 0.9 + sum(rows)))
+        grid = fig.add_gridspec(len(rows), 2, height_ratios=rows, width_ratios=[1, 0.015],
+                                hspace=0.15, wspace=0.02)  # fmt: skip
+        axes = [fig.add_subplot(grid[i, 0]) for i in range(len(rows))]
+        if has_features:
+            t = windows.meta["time_s"].to_numpy()[sel]
+            values = np.asarray(windows.stimulus[sel], dtype=float).T
+            step = float(np.median(np.diff(t))) if len(t) > 1 else 1.0
+            im = axes[0].imshow(values, aspect="auto", cmap="RdBu_r", vmin=-3, vmax=3,
+                                interpolation="nearest",
+                                extent=(t[0] - step / 2, t[-1] + step / 2, len(names) - 0.5,
+                                        -0.5))  # fmt: skip
+            axes[0].set_yticks(range(len(names)), names, fontsize=7)
+            axes[0].tick_params(labelbottom=False)
+            axes[0].set_title(f"{readable_run(run)}: stimulus features (z) and VAE-2 effect of "
+                              "masking each EEG timestamp", fontsize=9)
+            fig.colorbar(im, cax=fig.add_subplot(grid[0, 1]), label="z")
+        ax = axes[-1]
         if stim is not None:
             eff = np.nanmax(stim.effect, axis=1)[run_units["unit"].to_numpy()]
-            ax2 = ax.twinx()
-            ax2.plot(run_units["time_s"], eff, color="k", lw=0.6, alpha=0.6)
-            ax2.set_ylabel("VAE-2 effect (max)")
+            ax.plot(run_units["time_s"], eff, color="k", lw=0.6)
         if ann is not None and len(ann):
             times = run_units.set_index("unit")["time_s"]
             hit = ann[ann["unit"].isin(times.index)]
             for u in hit["unit"]:
-                ax.axvspan(times[u], times[u] + 1.0 / windows.sfreq, color="tab:red", alpha=0.3)
-        ax.set(xlabel="run time (s)", ylabel="stimulus feature (z)", title=run)
-        ax.legend(loc="upper left", fontsize=7, frameon=False)
+                ax.axvspan(times[u], times[u] + 1.0 / windows.sfreq, color="tab:red",
+                           alpha=0.3, lw=0)
+        ax.set(xlabel="run time (s)", ylabel="VAE-2 effect\n(max over features)")
+        if not has_features:
+            ax.set_title(readable_run(run), fontsize=9)
+        if has_features:
+            lo = min(t[0] - step / 2, run_units["time_s"].min())
+            hi = max(t[-1] + step / 2, run_units["time_s"].max())
+            for a in axes:
+                a.set_xlim(lo, hi)
         figs.append(_save(fig, writer, "timeline_" + run.replace("/", "_")))
+        figs[-1]["caption"] = (f"{readable_run(run)}: stimulus features and the EEG "
+                               "timestamps annotated by masking (shaded red)")
     return figs
 
 
