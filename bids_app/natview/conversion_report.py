@@ -21,8 +21,11 @@ COLUMNS: tuple[str, ...] = (
     "physio_flags", "reason",
 )  # fmt: skip
 
-#: ``status`` values: EEG and BOLD kept together, EEG kept alone, BOLD kept alone.
-SIMULTANEOUS, EEG_ONLY, BOLD_ONLY = "simultaneous", "eeg_only", "bold_only"
+#: Columns printed by ``eegfmri convert natview`` (the marker times stay in the TSV).
+TABLE_COLUMNS: tuple[str, ...] = tuple(c for c in COLUMNS if not c.endswith("_marker_s"))
+#: ``status`` values: EEG and BOLD kept together, EEG kept alone, BOLD kept alone, run set
+#: aside (outside the dataset, in ``sourcedata/``).
+SIMULTANEOUS, EEG_ONLY, BOLD_ONLY, SKIPPED = "simultaneous", "eeg_only", "bold_only", "skipped"
 
 
 @dataclass
@@ -34,7 +37,7 @@ class RunRecord:
     run : str
         Run stem (``sub-01_ses-01_task-tp_run-01``).
     status : str
-        :data:`SIMULTANEOUS`, :data:`EEG_ONLY` or :data:`BOLD_ONLY`.
+        :data:`SIMULTANEOUS`, :data:`EEG_ONLY`, :data:`BOLD_ONLY` or :data:`SKIPPED`.
     volume_markers : int | None
         ``R128`` markers as recorded (None without EEG).
     bold_volumes : int | None
@@ -134,7 +137,7 @@ class ConversionReport:
         path.write_text("\n".join(lines) + "\n", encoding="utf-8")
         return path
 
-    def table(self, columns: tuple[str, ...] = COLUMNS[:-3] + ("reason",)) -> str:
+    def table(self, columns: tuple[str, ...] = TABLE_COLUMNS) -> str:
         """The runs as an aligned plain-text table (for the terminal)."""
         index = [COLUMNS.index(c) for c in columns]
         rows = [list(columns)] + [[row[i] for i in index] for row in self.rows()]

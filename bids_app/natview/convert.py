@@ -28,6 +28,7 @@ from bids_app.natview import convert_root
 from bids_app.natview.conversion_report import (
     BOLD_ONLY,
     EEG_ONLY,
+    SKIPPED,
     ConversionReport,
 )
 from bids_app.natview.convert_eeg import convert_eeg_run
@@ -45,8 +46,8 @@ from bids_app.natview.release_check import check_release_files
 
 logger = logging.getLogger(__name__)
 
-#: Where BOLD runs that cannot be aligned with their EEG are kept (outside the dataset).
-UNALIGNED_BOLD_DIR = "sourcedata/unaligned-bold"
+#: Where files of runs whose EEG cannot be aligned with the BOLD go (outside the dataset).
+UNALIGNED_DIR = "sourcedata/unaligned"
 #: Release sidecars of files the converter rewrites: its own sidecars replace them.
 REPLACED_SIDECARS = ("_events.json", "_channels.json", "_electrodes.json",
                      "_coordsystem.json")  # fmt: skip
@@ -188,11 +189,13 @@ def _n_volumes(bold: Path) -> int | None:
 
 
 def _settle_runs(bids_dir: Path, report: ConversionReport) -> None:
-    """Decide per run: simultaneous, EEG only (BOLD set aside) or BOLD only, and say why.
+    """Decide per run: simultaneous, EEG only, BOLD only or skipped, and say why.
 
-    A BOLD run whose EEG has no volume marker, or more or fewer than the participant
-    level accepts (:func:`bids_app.io.validate.volume_marker_tolerance`), cannot be aligned
-    with its EEG: the EEG stays, the BOLD files go to :data:`UNALIGNED_BOLD_DIR`.
+    A BOLD run whose EEG has no volume marker cannot be aligned with it: the EEG stays
+    (EEG only), the BOLD goes to :data:`UNALIGNED_DIR`. When the EEG has volume markers
+    but more or fewer than the participant level accepts for the BOLD
+    (:func:`bids_app.io.validate.volume_marker_tolerance`), which volumes they belong to is
+    unknown: the whole run goes to :data:`UNALIGNED_DIR` (skipped).
     """
     for stem, record in sorted(report.runs.items()):
         has_eeg, volumes = record.volume_markers is not None, record.bold_volumes
@@ -206,27 +209,34 @@ def _settle_runs(bids_dir: Path, report: ConversionReport) -> None:
                              in EEG_ONLY_TASKS else "no BOLD run in the release")  # fmt: skip
         else:
             markers = record.markers_written or 0
-            if markers == 0 or abs(markers - volumes) > volume_marker_tolerance(volumes):
+            what = f"{markers} volume markers for {volumes} BOLD volumes"
+            if markers == 0:
                 record.status = EEG_ONLY
-                record.reason = (
-                    f"{markers} volume markers for {volumes} BOLD volumes: the EEG cannot "
-                    f"be aligned with the BOLD, which is kept in {UNALIGNED_BOLD_DIR}/"
-                )
-                _set_aside_bold(bids_dir, stem, report)
+                record.reason = f"{what}: EEG cannot be aligned; BOLD kept in {UNALIGNED_DIR}/"
+                _set_aside(bids_dir, stem, ("func",), report)
+            elif abs(markers - volumes) > volume_marker_tolerance(volumes):
+                record.status = SKIPPED
+                record.reason = (f"{what}: which volumes the EEG covers is unknown; run kept "
+                                 f"in {UNALIGNED_DIR}/")
+                _set_aside(bids_dir, stem, ("func", "eeg"), report)
             elif markers != volumes:
-                record.reason = f"{markers} volume markers for {volumes} BOLD volumes"
+                record.reason = what
 
 
-def _set_aside_bold(bids_dir: Path, stem: str, report: ConversionReport) -> None:
+def _set_aside(bids_dir: Path, stem: str, folders: tuple[str, ...],
+               report: ConversionReport) -> None:
+    """Move the run's files of ``folders`` to :data:`UNALIGNED_DIR` (outside the dataset)."""
     sub, ses = stem.split("_")[:2]
-    func = bids_dir / sub / ses / "func"
-    dest = bids_dir / UNALIGNED_BOLD_DIR / sub / ses / "func"
-    dest.mkdir(parents=True, exist_ok=True)
-    for path in sorted(func.glob(f"{stem}_*")):
-        path.rename(dest / path.name)
+    for folder in folders:
+        dest = bids_dir / UNALIGNED_DIR / sub / ses / folder
+        dest.mkdir(parents=True, exist_ok=True)
+        for path in sorted((bids_dir / sub / ses / folder).glob(f"{stem}_*")):
+            path.rename(dest / path.name)
     report.bold_runs -= 1
-    report.repair(f"Moved the BOLD of {stem} to {UNALIGNED_BOLD_DIR}/: its EEG's volume "
-                  "markers do not match its volumes.")
+    report.eeg_runs -= "eeg" in folders
+    report.repair(f"Moved the {' and '.join(f.replace('func', 'BOLD').upper() for f in folders)}"
+                  f" files of {stem} to {UNALIGNED_DIR}/: its volume markers do not match its "
+                  "volumes.")
 
 
 def _write_root(raw_dir: Path, bids_dir: Path, report: ConversionReport, tasks: dict) -> None:

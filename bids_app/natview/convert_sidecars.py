@@ -222,8 +222,9 @@ def physio_rate_flag(rows: list[list[str]], sidecar: dict) -> str:
     Returns
     -------
     str
-        ``sparse: N rows for T s at F Hz (M expected)``, ``time steps give F' Hz, sidecar
-        declares F Hz``, or ''.
+        ``time steps give F' Hz, sidecar declares F Hz`` when the table is regular at
+        another rate (at least 40 % of the declared one), ``sparse: N rows for T s at
+        F Hz (M expected)`` when it has far fewer rows than its time span needs, or ''.
     """
     columns = [str(c).lower() for c in sidecar.get("Columns", [])]
     rate = sidecar.get("SamplingFrequency")
@@ -240,11 +241,11 @@ def physio_rate_flag(rows: list[list[str]], sidecar: dict) -> str:
         return ""
     span = float(time[-1] - time[0])
     expected = int(round(span * rate)) + 1
+    actual = 1.0 / max(float(np.median(np.diff(time))), 1e-12)
+    if actual >= 0.4 * rate and abs(actual - rate) > 0.01 * rate:
+        return f"time steps give {actual:.4g} Hz, sidecar declares {rate:g} Hz"
     if len(rows) < 0.9 * expected:
         return f"sparse: {len(rows)} rows for {span:.1f} s at {rate:g} Hz ({expected} expected)"
-    actual = 1.0 / float(np.median(np.diff(time)))
-    if abs(actual - rate) > 0.01 * rate:
-        return f"time steps give {actual:.4g} Hz, sidecar declares {rate:g} Hz"
     return ""
 
 

@@ -140,7 +140,7 @@ def repair_volume_markers(
             added = [int(np.rint(prev + k * (sample - prev) / whole)) for k in range(1, whole)]
             repair.filled.extend(added)
             out.extend(added)
-        elif steps > 1.5:
+        elif steps >= 1.5:
             repair.unfilled_gaps.append((prev, sample))
         out.append(sample)
     return out, repair
