@@ -28,6 +28,7 @@ from bids_app.natview import convert_root
 from bids_app.natview.conversion_report import (
     BOLD_ONLY,
     EEG_ONLY,
+    SIMULTANEOUS,
     SKIPPED,
     ConversionReport,
 )
@@ -48,9 +49,9 @@ logger = logging.getLogger(__name__)
 
 #: Where files of runs whose EEG cannot be aligned with the BOLD go (outside the dataset).
 UNALIGNED_DIR = "sourcedata/unaligned"
-#: Release sidecars of files the converter rewrites: its own sidecars replace them.
-REPLACED_SIDECARS = ("_events.json", "_channels.json", "_electrodes.json",
-                     "_coordsystem.json")  # fmt: skip
+#: Release sidecars of EEG files the converter rewrites (its own replace them), at any
+#: level of a subject's folder; ``_events.json`` only in ``eeg/`` (BOLD events are kept).
+REPLACED_SIDECARS = ("_channels.json", "_electrodes.json")
 
 def convert_natview(raw_dir: str | Path, bids_dir: str | Path) -> ConversionReport:
     """Convert a NATVIEW raw release (or a subset of it) into a BIDS dataset.
@@ -149,7 +150,7 @@ def _convert_file(src: Path, dst: Path, report: ConversionReport, tasks: dict) -
         return  # EEG events are rebuilt from the recording's markers
     elif name.endswith(("_electrodes.tsv", "_coordsystem.json")):
         return  # replaced by the cap's standard positions (convert_eeg_run)
-    elif name.endswith(REPLACED_SIDECARS[1:]) or (
+    elif name.endswith(REPLACED_SIDECARS) or (
         src.parent.name == "eeg" and name.endswith("_events.json")
     ):
         report.repair(f"Dropped {src}: it describes a file the converter rewrote, which "
@@ -188,39 +189,55 @@ def _n_volumes(bold: Path) -> int | None:
     return int(shape[3]) if len(shape) == 4 else 1
 
 
-def _settle_runs(bids_dir: Path, report: ConversionReport) -> None:
-    """Decide per run: simultaneous, EEG only, BOLD only or skipped, and say why.
+def run_status(task: str, markers: int | None, volumes: int | None) -> tuple[str, str]:
+    """What the converter does with a run, and why, from its volume markers and volumes.
 
     A BOLD run whose EEG has no volume marker cannot be aligned with it: the EEG stays
-    (EEG only), the BOLD goes to :data:`UNALIGNED_DIR`. When the EEG has volume markers
-    but more or fewer than the participant level accepts for the BOLD
-    (:func:`bids_app.io.validate.volume_marker_tolerance`), which volumes they belong to is
-    unknown: the whole run goes to :data:`UNALIGNED_DIR` (skipped).
+    (EEG only), the BOLD is set aside. When the EEG has volume markers but more or fewer
+    than the participant level accepts (:func:`bids_app.io.validate.volume_marker_tolerance`),
+    which volumes they belong to is unknown: the run is set aside (skipped).
+
+    Parameters
+    ----------
+    task : str
+        Task label.
+    markers : int | None
+        Volume markers written after repair (None without EEG).
+    volumes : int | None
+        BOLD volumes (None without BOLD).
+
+    Returns
+    -------
+    status : str
+        ``simultaneous``, ``eeg_only``, ``bold_only`` or ``skipped``.
+    reason : str
+        Why, or the marker/volume counts when they differ ('' otherwise).
     """
+    if markers is None:
+        return BOLD_ONLY, "no EEG recording in the release"
+    if volumes is None:
+        return EEG_ONLY, ("recorded without the scanner running" if task in EEG_ONLY_TASKS
+                          else "no BOLD run in the release")  # fmt: skip
+    what = f"{markers} volume markers for {volumes} BOLD volumes"
+    if markers == 0:
+        return EEG_ONLY, f"{what}: EEG cannot be aligned; BOLD kept in {UNALIGNED_DIR}/"
+    if abs(markers - volumes) > volume_marker_tolerance(volumes):
+        return SKIPPED, (f"{what}: which volumes the EEG covers is unknown; run kept in "
+                         f"{UNALIGNED_DIR}/")  # fmt: skip
+    return SIMULTANEOUS, what if markers != volumes else ""
+
+
+def _settle_runs(bids_dir: Path, report: ConversionReport) -> None:
+    """Give every run its status (:func:`run_status`) and set aside what cannot be used."""
     for stem, record in sorted(report.runs.items()):
-        has_eeg, volumes = record.volume_markers is not None, record.bold_volumes
-        if not has_eeg and volumes is None:
+        if record.volume_markers is None and record.bold_volumes is None:
             continue  # physio only: flagged on the run it belongs to
-        if not has_eeg:
-            record.status, record.reason = BOLD_ONLY, "no EEG recording in the release"
-        elif volumes is None:
-            record.status = EEG_ONLY
-            record.reason = ("recorded without the scanner running" if task_of(stem)
-                             in EEG_ONLY_TASKS else "no BOLD run in the release")  # fmt: skip
-        else:
-            markers = record.markers_written or 0
-            what = f"{markers} volume markers for {volumes} BOLD volumes"
-            if markers == 0:
-                record.status = EEG_ONLY
-                record.reason = f"{what}: EEG cannot be aligned; BOLD kept in {UNALIGNED_DIR}/"
-                _set_aside(bids_dir, stem, ("func",), report)
-            elif abs(markers - volumes) > volume_marker_tolerance(volumes):
-                record.status = SKIPPED
-                record.reason = (f"{what}: which volumes the EEG covers is unknown; run kept "
-                                 f"in {UNALIGNED_DIR}/")
-                _set_aside(bids_dir, stem, ("func", "eeg"), report)
-            elif markers != volumes:
-                record.reason = what
+        markers = record.markers_written if record.volume_markers is not None else None
+        record.status, record.reason = run_status(task_of(stem), markers, record.bold_volumes)
+        if record.status == SKIPPED:
+            _set_aside(bids_dir, stem, ("func", "eeg"), report)
+        elif record.status == EEG_ONLY and record.bold_volumes is not None:
+            _set_aside(bids_dir, stem, ("func",), report)
 
 
 def _set_aside(bids_dir: Path, stem: str, folders: tuple[str, ...],
@@ -245,10 +262,10 @@ def _write_root(raw_dir: Path, bids_dir: Path, report: ConversionReport, tasks: 
     convert_root.write_participants(raw_dir, bids_dir, report)
     convert_root.write_phenotype(raw_dir, bids_dir, report)
     convert_root.copy_code(raw_dir, bids_dir)
-    handled = set(convert_root.ROOT_FILES)
+    tables = {p.stem for p in raw_dir.glob("*.tsv")}
     for path in sorted(raw_dir.iterdir()):
-        if path.is_file() and path.name not in handled and path.suffix not in (".tsv", ".json"):
-            report.repair(f"Left out the root file {path.name} (not part of BIDS).")
+        if path.is_file() and path.name not in convert_root.ROOT_FILES and path.stem not in tables:
+            report.repair(f"Left out the root file {path.name} (not carried into the dataset).")
     for task, info in sorted(tasks.items()):
         # SliceTiming stays in the run sidecars only (equal lists at two levels make the
         # validator report an override).
@@ -275,5 +292,6 @@ __all__ = [
     "clean_bold_sidecar",
     "convert_natview",
     "is_junk_marker",
+    "run_status",
     "read_json_lenient",
 ]

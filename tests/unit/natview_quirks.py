@@ -200,8 +200,8 @@ def _sidecars(release: Path) -> None:
         "onset": {"Description": "onset relative to the task start (S1)"},
         "value": {"Levels": {"S1": "task start", "S10": "rest block", "S99": "task end"}}})
     _json(eeg / f"{TP}_channels.json", {
-        "Units": "Microvolts", "impedance": {"Description": "kOhm"},
-        "low_cutoff": {"Description": "Hz"}})
+        "Units": "Microvolts", "type": {"Description": "Type", "Levels": {"EEG": "EEG"}},
+        "impedance": {"Description": "kOhm"}, "low_cutoff": {"Description": "Hz"}})
     _json(eeg / "sub-01_ses-01_electrodes.json", {
         "EEGCoordinateSystem": "RAS", "EEGCoordinateUnits": "mm"})
     lines = (eeg / "sub-01_ses-01_electrodes.tsv").read_text().splitlines()

@@ -21,7 +21,7 @@ from natview_quirks import TP, make_quirky_release
 from bids_app.cli import main
 from bids_app.errors import InputError
 from bids_app.io.validate import find_validator, run_validator
-from bids_app.natview.convert import UNALIGNED_DIR, convert_natview
+from bids_app.natview.convert import UNALIGNED_DIR, convert_natview, run_status
 from bids_app.natview.markers import UNKNOWN_TRIAL_TYPE, repair_volume_markers, trial_type
 
 EEG1 = "sub-01/ses-01/eeg"
@@ -129,6 +129,23 @@ def test_runs_without_alignable_markers_kept_eeg_only_or_skipped(quirky):
     listed = {r for r, row in table.iterrows() if pd.notna(row["reason"])}
     assert mismatched == {TP, "sub-01_ses-01_task-rest", "sub-01_ses-01_task-inscapes"}
     assert mismatched <= listed
+
+
+@pytest.mark.parametrize(("task", "markers", "volumes", "status"), [
+    ("dme", 288, 289, "simultaneous"), ("tp", 126, 127, "simultaneous"),
+    ("monkey1", 145, 146, "simultaneous"), ("inscapes", 288, 293, "simultaneous"),
+    ("checker", 103, 98, "simultaneous"),  # sub-17 ses-02
+    ("monkey2", 96, 146, "skipped"), ("checker", 28, 98, "skipped"),  # sub-15, sub-16
+    ("rest", 262, 288, "skipped"),  # sub-16 ses-02
+    ("rest", 0, 288, "eeg_only"),  # sub-12 ses-01, sub-06 ses-02, ...
+    ("checkerout", 0, None, "eeg_only"), ("dme", None, 289, "bold_only"),
+])  # fmt: skip
+def test_run_status_of_the_release_counts(task, markers, volumes, status):
+    """The marker/volume counts found in the release (NATVIEW.md) and what becomes of them."""
+    got, reason = run_status(task, markers, volumes)
+    assert got == status
+    if markers is not None and volumes is not None and markers != volumes:
+        assert f"{markers} volume markers for {volumes} BOLD volumes" in reason
 
 
 def test_converter_sidecars_win_over_the_release(quirky):
