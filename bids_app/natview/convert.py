@@ -87,14 +87,28 @@ def convert_natview(raw_dir: str | Path, bids_dir: str | Path) -> ConversionRepo
     files = {d: sorted(p for p in d.rglob("*") if not p.is_dir()) for d in subjects}
     check_release_files(raw_dir, [p for f in files.values() for p in f]
                         + [p for p in raw_dir.iterdir() if not p.is_dir()])  # fmt: skip
+    existed = bids_dir.exists()
     bids_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        report = _convert(raw_dir, bids_dir, subjects, files)
+    except BaseException:
+        shutil.rmtree(bids_dir, ignore_errors=True)  # no partial dataset is left behind
+        if existed:
+            bids_dir.mkdir()
+        raise
+    logger.info(report.summary())
+    return report
+
+
+def _convert(raw_dir: Path, bids_dir: Path, subjects: list[Path],
+             files: dict[Path, list[Path]]) -> ConversionReport:
+    """Write the dataset into the (empty) ``bids_dir``; see :func:`convert_natview`."""
     report = ConversionReport(bids_dir=bids_dir)
     tasks: dict[str, dict] = {}
     for sub_dir in subjects:
         report.subjects.append(sub_dir.name[4:])
         for src in files[sub_dir]:
-            rel = src.relative_to(raw_dir)
-            _convert_file(src, bids_dir / rel, report, tasks)
+            _convert_file(src, bids_dir / src.relative_to(raw_dir), report, tasks)
     _settle_runs(bids_dir, report)
     _write_root(raw_dir, bids_dir, report, tasks)
     for folder in ("stimuli", "sourcedata"):
@@ -109,7 +123,6 @@ def convert_natview(raw_dir: str | Path, bids_dir: str | Path) -> ConversionRepo
     _write_changes(bids_dir, report, raw_dir)
     report.write_tsv(bids_dir / "conversion.tsv")
     (bids_dir / ".bidsignore").write_text("conversion.tsv\n")
-    logger.info(report.summary())
     return report
 
 
@@ -250,7 +263,8 @@ def _set_aside(bids_dir: Path, stem: str, folders: tuple[str, ...],
         for path in sorted((bids_dir / sub / ses / folder).glob(f"{stem}_*")):
             path.rename(dest / path.name)
     report.bold_runs -= 1
-    report.eeg_runs -= "eeg" in folders
+    if "eeg" in folders:
+        report.eeg_runs -= 1
     report.repair(f"Moved the {' and '.join(f.replace('func', 'BOLD').upper() for f in folders)}"
                   f" files of {stem} to {UNALIGNED_DIR}/: its volume markers do not match its "
                   "volumes.")
