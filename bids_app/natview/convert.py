@@ -192,13 +192,14 @@ def _duplicate_of_func(src: Path) -> bool:
     return twin.is_file() and twin.read_bytes() == src.read_bytes()
 
 
-def _n_volumes(bold: Path) -> int | None:
+def _n_volumes(bold: Path) -> int:
+    """Volumes of a BOLD image, from its header (InputError naming it when unreadable)."""
     import nibabel as nib
 
     try:
         shape = nib.load(bold).shape
-    except Exception:  # noqa: BLE001 - an unreadable image is reported by the participant level
-        return None
+    except Exception as err:  # noqa: BLE001 - nibabel raises many types for broken headers
+        raise InputError(f"BOLD {bold} cannot be read as NIfTI ({err}).") from None
     return int(shape[3]) if len(shape) == 4 else 1
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from bids_app.errors import InputError
 from bids_app.io.brainvision import Marker, read_vmrk, write_brainvision
 from bids_app.natview import facts as nv
-from bids_app.natview.conversion_report import ConversionReport
+from bids_app.natview.conversion_report import ConversionReport, RunRecord
 from bids_app.natview.convert_sidecars import task_of, write_json
 from bids_app.natview.markers import (
     UNKNOWN_TRIAL_TYPE,
@@ -187,23 +187,22 @@ def _write_channels(path: Path, raw, src: Path, report: ConversionReport) -> Non
 
 
 def _write_eeg_events(
-    path: Path, markers: list[tuple[int, str]], sfreq: float, task: str, record
+    path: Path, markers: list[tuple[int, str]], sfreq: float, task: str, record: RunRecord
 ) -> None:
     """Events of the recording's markers, named per task, with their own sidecar."""
     rows = ["onset\tduration\tsample\ttrial_type\tvalue"]
-    levels: dict[str, str] = {}
-    unknown: list[str] = []
+    codes: dict[str, set[str]] = {}
     for sample, marker in markers:
         meaning = trial_type(marker, task)
-        if meaning == UNKNOWN_TRIAL_TYPE:
-            unknown.append(marker)
-            levels[meaning] = "stimulus code not sent by this task's stimulus script"
-        else:
-            levels[meaning] = f"marker {marker}" if meaning != "fixation_dot" else (
-                "peer calibration fixation dot (markers S 2 to S 24)")
+        codes.setdefault(meaning, set()).add(marker)
         rows.append(f"{sample / sfreq:.4f}\t0\t{sample}\t{meaning}\t{marker}")
     path.write_text("\n".join(rows) + "\n")
-    record.unknown_codes = sorted(set(unknown))
+    record.unknown_codes = sorted(codes.get(UNKNOWN_TRIAL_TYPE, ()))
+    levels = {
+        meaning: ("code(s) not sent by the stimulus script of this task: " if
+                  meaning == UNKNOWN_TRIAL_TYPE else "marker(s) ") + ", ".join(sorted(found))
+        for meaning, found in sorted(codes.items())
+    }  # fmt: skip
     write_json(
         path.with_suffix(".json"),
         {
@@ -211,7 +210,7 @@ def _write_eeg_events(
             "duration": {"Description": "Markers are instants.", "Units": "s"},
             "sample": {"Description": "Marker sample (0-based) in the EEG recording."},
             "trial_type": {"Description": f"Meaning of the NATVIEW marker in task {task}.",
-                           "Levels": dict(sorted(levels.items()))},
+                           **({"Levels": levels} if levels else {})},
             "value": {"Description": "Marker as recorded (BrainVision description)."},
         },
     )
