@@ -156,7 +156,7 @@ def _physio(release: Path) -> None:
                "time": {"description": "time", "units": "s"},
                "respiratory": {"description": "belt", "units": "a.u."}})
         _gz(out / f"{stem}_recording-trigger_physio.tsv.gz",
-            [[f"{v:.3f}", "1"] for v in np.linspace(0.0, 24.0, 16)])
+            [[f"{v:.3f}", "1"] for v in np.linspace(0.0, 241.0, 153)])
         _json(out / f"{stem}_recording-trigger_physio.json",
               {"SamplingFrequency": 62.5, "StartTime": 0, "Columns": ["time", "trigger"],
                "time": {"description": "time", "units": "s"},

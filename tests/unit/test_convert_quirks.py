@@ -190,7 +190,7 @@ def test_physio_flags_and_fixes(quirky):
     resp = json.loads((ses / "func" / f"{stem}_recording-respiratory_physio.json").read_text())
     assert resp["respiratory"] == {"Description": "belt", "Units": "a.u."}
     flags = _table(bids).loc[stem, "physio_flags"]
-    assert "trigger: sparse: 16 rows for 24.0 s at 62.5 Hz" in flags
+    assert "trigger: sparse: 153 rows for 241.0 s at 62.5 Hz (15063 expected)" in flags
     assert "eyetracking: time steps give 500 Hz, sidecar declares 1000 Hz" in flags
     assert pd.isna(_table(bids).loc[TP, "physio_flags"])  # 250 Hz, regular
     with gzip.open(bids / EEG1 / f"{TP}_recording-eyetracking_physio.tsv.gz", "rt") as f:
