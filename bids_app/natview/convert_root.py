@@ -44,8 +44,9 @@ def write_dataset_description(raw_dir: Path, bids_dir: Path, report: ConversionR
     source = {"URL": f"{nv.S3_BUCKET_URL}/{nv.S3_PREFIX}raw_data/"}
     if doi:
         source["DOI"] = doi
-    links = list(dict.fromkeys([*src.get("ReferencesAndLinks", []),
-                                "https://doi.org/10.1038/s41597-023-02458-8"]))  # fmt: skip
+    released = src.get("ReferencesAndLinks") or []
+    released = released if isinstance(released, list) else [str(released)]
+    links = list(dict.fromkeys([*released, "https://doi.org/10.1038/s41597-023-02458-8"]))
     description = {
         "Name": src.get("Name", "NKI NATVIEW EEG-fMRI"),
         "BIDSVersion": "1.9.0",
@@ -115,7 +116,7 @@ def column_sidecar(
     dict
         Column -> description.
     """
-    released = capitalise_column_keys(released, table, report)
+    released = capitalise_column_keys(released, table.with_suffix(".json"), report)
     out = {}
     for index, column in enumerate(header):
         entry = dict(_DEFAULT_COLUMNS.get(column, {}))

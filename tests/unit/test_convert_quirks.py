@@ -22,7 +22,13 @@ from bids_app.cli import main
 from bids_app.errors import InputError
 from bids_app.io.validate import find_validator, run_validator
 from bids_app.natview.convert import UNALIGNED_DIR, convert_natview, run_status
-from bids_app.natview.markers import UNKNOWN_TRIAL_TYPE, repair_volume_markers, trial_type
+from bids_app.natview.markers import (
+    UNKNOWN_TRIAL_TYPE,
+    is_junk_marker,
+    normalize_marker,
+    repair_volume_markers,
+    trial_type,
+)
 
 EEG1 = "sub-01/ses-01/eeg"
 
@@ -89,6 +95,17 @@ def test_sync_markers_never_events_and_codes_named_per_task(quirky):
     assert table.loc["sub-01_ses-01_task-rest", "unknown_codes"] == "S  4; S 85; S255"
     assert table.loc[TP, "unknown_codes"] == "S 85; S255"
     assert trial_type("S  5", "checker") == UNKNOWN_TRIAL_TYPE  # seconds are movie/rest codes
+
+
+def test_marker_spellings():
+    for junk in ("Sync Off", "Sync On", "SyncStatus", "New Segment", "boundary", " sync off "):
+        assert is_junk_marker(junk), junk
+    for code in ("S  1", "S255", "S 85", "R128", "Synchro"):
+        assert not is_junk_marker(code), code
+    assert [normalize_marker(m) for m in ("S1", "S 1", "S10", "R 128", "S255")] == [
+        "S  1", "S  1", "S 10", "R128", "S255"]  # fmt: skip
+    assert trial_type("S  2", "peer") == "fixation_dot"
+    assert trial_type("S  2", "dme") == trial_type("S 25", "peer") == UNKNOWN_TRIAL_TYPE
 
 
 def test_volume_markers_repaired_and_reported(quirky):
