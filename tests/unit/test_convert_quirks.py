@@ -212,6 +212,8 @@ def test_physio_flags_and_fixes(quirky):
     assert pd.isna(_table(bids).loc[TP, "physio_flags"])  # 250 Hz, regular
     with gzip.open(bids / EEG1 / f"{TP}_recording-eyetracking_physio.tsv.gz", "rt") as f:
         assert "NaN" not in f.read()
+    eyes = json.loads((bids / EEG1 / f"{TP}_recording-eyetracking_physio.json").read_text())
+    assert eyes["StartTime"] == 18.456 and eyes["Columns"][0] == "Time"
 
 
 def test_root_files_carried_over(quirky):
