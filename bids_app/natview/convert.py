@@ -53,6 +53,7 @@ UNALIGNED_DIR = "sourcedata/unaligned"
 #: level of a subject's folder; ``_events.json`` only in ``eeg/`` (BOLD events are kept).
 REPLACED_SIDECARS = ("_channels.json", "_electrodes.json")
 
+
 def convert_natview(raw_dir: str | Path, bids_dir: str | Path) -> ConversionReport:
     """Convert a NATVIEW raw release (or a subset of it) into a BIDS dataset.
 
@@ -68,13 +69,15 @@ def convert_natview(raw_dir: str | Path, bids_dir: str | Path) -> ConversionRepo
     Returns
     -------
     ConversionReport
-        Counts and the list of repairs.
+        Counts, the list of repairs (also in ``CHANGES``) and one record per run (also in
+        ``conversion.tsv``: markers against volumes, repairs, status and why).
 
     Raises
     ------
     InputError
-        When ``raw_dir`` holds no subject, ``bids_dir`` is not empty, or a recording cannot
-        be read.
+        When ``raw_dir`` holds no subject, ``bids_dir`` is not empty, a release file is a
+        git-annex pointer or an empty placeholder (checked before anything is written), or
+        a recording cannot be read (nothing is left in ``bids_dir`` then).
     """
     raw_dir, bids_dir = Path(raw_dir), Path(bids_dir)
     subjects = sorted(p for p in raw_dir.glob("sub-*") if p.is_dir()) if raw_dir.is_dir() else []
