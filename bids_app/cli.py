@@ -286,7 +286,9 @@ def _subcommand(argv: Sequence[str]) -> int:
 
             if args.bids_dir.resolve() == args.raw_dir.resolve():
                 raise InputError(f"BIDS_DIR {args.bids_dir} must differ from RAW_DIR.")
-            print(convert_natview(args.raw_dir, args.bids_dir).summary())
+            report = convert_natview(args.raw_dir, args.bids_dir)
+            print(report.table())
+            print(report.summary())
             return EXIT_OK
         from bids_app.workflows.demo import run_demo
 

@@ -116,7 +116,7 @@ def read_electrodes(path: Path, template: dict[str, np.ndarray]) -> dict[str, np
     if len(shared) < 4:
         raise InputError(f"Electrodes file {path} has fewer than 4 labels of the template cap.")
     norms = np.linalg.norm(xyz - xyz.mean(0), axis=1)
-    if np.median(norms) < 2.0:  # unit sphere: no geometry
+    if 0.5 < np.median(norms) < 2.0:  # unit sphere (radius 1): no geometry; metres: ~0.09
         logger.info("Electrodes in %s lie on a unit sphere; using template positions.", path)
         return {names[i]: template[names[i]] for i in shared}
     src = xyz[shared]

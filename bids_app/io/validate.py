@@ -256,6 +256,23 @@ def _check_nan(raw: Any, path: Path, n_chunks: int = 20, chunk_s: float = 1.0) -
                              f"(near {start / raw.info['sfreq']:.1f} s).")
 
 
+def volume_marker_tolerance(n_volumes: int) -> int:
+    """Largest difference between volume markers and BOLD volumes accepted for one run.
+
+    Parameters
+    ----------
+    n_volumes : int
+        Volumes of the BOLD image.
+
+    Returns
+    -------
+    int
+        ``max(2, ceil(5 % of n_volumes))`` markers (a recording may start a volume late or
+        stop a few volumes early; more means another run or a broken marker channel).
+    """
+    return max(2, math.ceil(0.05 * n_volumes))
+
+
 def check_run(run: Any, config: Any) -> list[str]:
     """Check every file of one run cheaply; return problem sentences (empty when fine).
 
@@ -327,8 +344,7 @@ def check_run(run: Any, config: Any) -> list[str]:
         if not onsets:
             raise InputError(f"EEG file {run.eeg} has no {marker} volume markers, so it "
                              f"cannot be aligned with BOLD {run.bold.name}.")
-        tolerance = max(2, math.ceil(0.05 * n_volumes))
-        if abs(len(onsets) - n_volumes) > tolerance:
+        if abs(len(onsets) - n_volumes) > volume_marker_tolerance(n_volumes):
             raise InputError(
                 f"EEG file {run.eeg} has {len(onsets)} {marker} markers but BOLD "
                 f"{run.bold.name} has {n_volumes} volumes; check that they are the same run."

@@ -1,13 +1,15 @@
 """Convert the NKI NATVIEW EEG-fMRI raw release into a valid BIDS dataset.
 
-The release is almost BIDS but not quite (see docs/methods.md): its EEG is stored as
-EEGLAB ``.set`` files next to BrainVision headers without data, recorder markers are mixed
-into the events, electrodes lie on a unit sphere without a coordinate system, channel types
-have inconsistent casing, sidecars carry non-standard keys, eye-tracking TSVs hold ``NaN``
-and leftovers such as ``.DS_Store`` sit in the tree. :func:`convert_natview` reads the
-release as it is (EEG through :func:`mne.io.read_raw_eeglab`, never through the ``.vhdr``),
-writes a dataset that ``bids-validator`` accepts, and reports every repair it made. The
-input is only read.
+The release is almost BIDS but not quite (see docs/methods.md and shared NATVIEW facts):
+its EEG is stored as EEGLAB ``.set`` files next to BrainVision headers without data,
+recorder markers are mixed into the events, stimulus codes mean different things per task,
+some runs have no or too few volume markers for their BOLD, electrodes lie on a unit sphere
+with a sidecar claiming millimetres, sidecars of the release describe files the converter
+rewrites, and root files carry questionnaires and dataset facts. :func:`convert_natview`
+first refuses placeholders (git-annex pointers, empty data files), then reads the release
+as it is (EEG through :func:`mne.io.read_raw_eeglab`, never through the ``.vhdr``), writes
+a dataset that ``bids-validator`` accepts, reports every repair (``CHANGES``) and every run
+(``conversion.tsv``). The input is only read.
 """
 
 from __future__ import annotations
@@ -21,17 +23,17 @@ import numpy as np
 
 from bids_app import __version__
 from bids_app.errors import InputError
-from bids_app.natview import facts as nv
-from bids_app.natview.convert_eeg import (  # noqa: F401  (public names of this module)
-    MARKER_MEANING,
-    convert_eeg_run,
-    eeg_sidecar,
-    is_junk_marker,
-    normalize_marker,
-)
-from bids_app.natview.convert_sidecars import (  # noqa: F401
-    NON_STANDARD_KEYS,
+from bids_app.io.validate import EEG_ONLY_TASKS, volume_marker_tolerance
+from bids_app.natview import convert_root
+from bids_app.natview.conversion_report import (
+    BOLD_ONLY,
+    EEG_ONLY,
+    SIMULTANEOUS,
+    SKIPPED,
     ConversionReport,
+)
+from bids_app.natview.convert_eeg import convert_eeg_run
+from bids_app.natview.convert_sidecars import (
     clean_bold_sidecar,
     convert_sidecar,
     copy_physio,
@@ -40,8 +42,16 @@ from bids_app.natview.convert_sidecars import (  # noqa: F401
     task_of,
     write_json,
 )
+from bids_app.natview.markers import is_junk_marker
+from bids_app.natview.release_check import check_release_files
 
 logger = logging.getLogger(__name__)
+
+#: Where files of runs whose EEG cannot be aligned with the BOLD go (outside the dataset).
+UNALIGNED_DIR = "sourcedata/unaligned"
+#: Release sidecars of EEG files the converter rewrites (its own replace them), at any
+#: level of a subject's folder; ``_events.json`` only in ``eeg/`` (BOLD events are kept).
+REPLACED_SIDECARS = ("_channels.json", "_electrodes.json")
 
 
 def convert_natview(raw_dir: str | Path, bids_dir: str | Path) -> ConversionReport:
@@ -59,13 +69,15 @@ def convert_natview(raw_dir: str | Path, bids_dir: str | Path) -> ConversionRepo
     Returns
     -------
     ConversionReport
-        Counts and the list of repairs.
+        Counts, the list of repairs (also in ``CHANGES``) and one record per run (also in
+        ``conversion.tsv``: markers against volumes, repairs, status and why).
 
     Raises
     ------
     InputError
-        When ``raw_dir`` holds no subject, ``bids_dir`` is not empty, or a recording cannot
-        be read.
+        When ``raw_dir`` holds no subject, ``bids_dir`` is not empty, a release file is a
+        git-annex pointer or an empty placeholder (checked before anything is written), or
+        a recording cannot be read (nothing is left in ``bids_dir`` then).
     """
     raw_dir, bids_dir = Path(raw_dir), Path(bids_dir)
     subjects = sorted(p for p in raw_dir.glob("sub-*") if p.is_dir()) if raw_dir.is_dir() else []
@@ -75,16 +87,32 @@ def convert_natview(raw_dir: str | Path, bids_dir: str | Path) -> ConversionRepo
         raise InputError(f"Output folder {bids_dir} is not empty; choose a new folder.")
     if bids_dir.resolve().is_relative_to(raw_dir.resolve()):
         raise InputError(f"Output folder {bids_dir} lies inside the release {raw_dir}.")
+    files = {d: sorted(p for p in d.rglob("*") if not p.is_dir()) for d in subjects}
+    check_release_files(raw_dir, [p for f in files.values() for p in f]
+                        + [p for p in raw_dir.iterdir() if not p.is_dir()])  # fmt: skip
+    existed = bids_dir.exists()
     bids_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        report = _convert(raw_dir, bids_dir, subjects, files)
+    except BaseException:
+        shutil.rmtree(bids_dir, ignore_errors=True)  # no partial dataset is left behind
+        if existed:
+            bids_dir.mkdir()
+        raise
+    logger.info(report.summary())
+    return report
+
+
+def _convert(raw_dir: Path, bids_dir: Path, subjects: list[Path],
+             files: dict[Path, list[Path]]) -> ConversionReport:
+    """Write the dataset into the (empty) ``bids_dir``; see :func:`convert_natview`."""
     report = ConversionReport(bids_dir=bids_dir)
     tasks: dict[str, dict] = {}
     for sub_dir in subjects:
         report.subjects.append(sub_dir.name[4:])
-        for src in sorted(sub_dir.rglob("*")):
-            if src.is_dir():
-                continue
-            rel = src.relative_to(raw_dir)
-            _convert_file(src, bids_dir / rel, report, tasks)
+        for src in files[sub_dir]:
+            _convert_file(src, bids_dir / src.relative_to(raw_dir), report, tasks)
+    _settle_runs(bids_dir, report)
     _write_root(raw_dir, bids_dir, report, tasks)
     for folder in ("stimuli", "sourcedata"):
         if (raw_dir / folder).is_dir():
@@ -93,9 +121,11 @@ def convert_natview(raw_dir: str | Path, bids_dir: str | Path) -> ConversionRepo
                 bids_dir / folder,
                 ignore=_ignore_junk(report),
                 copy_function=_link_or_copy,
+                dirs_exist_ok=True,
             )
     _write_changes(bids_dir, report, raw_dir)
-    logger.info(report.summary())
+    report.write_tsv(bids_dir / "conversion.tsv")
+    (bids_dir / ".bidsignore").write_text("conversion.tsv\n")
     return report
 
 
@@ -132,12 +162,17 @@ def _convert_file(src: Path, dst: Path, report: ConversionReport, tasks: dict) -
         report.eeg_runs += 1
     elif name.endswith(("_eeg.vhdr", "_eeg.vmrk", "_eeg.fdt", "_eeg.json", "_channels.tsv")):
         return  # rewritten from the .set by convert_eeg_run
-    elif name.endswith("_eeg_events.tsv") or (
-        src.parent.name == "eeg" and name.endswith("_events.tsv")
-    ):
+    elif src.parent.name == "eeg" and name.endswith("_events.tsv"):
         return  # EEG events are rebuilt from the recording's markers
-    elif name.endswith("_electrodes.tsv") or name.endswith("_coordsystem.json"):
+    elif name.endswith(("_electrodes.tsv", "_coordsystem.json")):
         return  # replaced by the cap's standard positions (convert_eeg_run)
+    elif name.endswith(REPLACED_SIDECARS) or (
+        src.parent.name == "eeg" and name.endswith("_events.json")
+    ):
+        report.repair(f"Dropped {src}: it describes a file the converter rewrote, which "
+                      "comes with its own sidecar.")
+    elif _duplicate_of_func(src):
+        report.repair(f"Dropped {src}: the same file is in the session's func/ folder.")
     elif name.endswith(".json"):
         convert_sidecar(src, dst, report, tasks)
     elif name.endswith("_physio.tsv.gz"):
@@ -146,75 +181,116 @@ def _convert_file(src: Path, dst: Path, report: ConversionReport, tasks: dict) -
         if name.endswith("_bold.nii.gz"):
             report.bold_runs += 1
             ensure_bold_sidecar(src, dst, report, tasks)
+            report.run(name[: -len("_bold.nii.gz")]).bold_volumes = _n_volumes(src)
         shutil.copyfile(src, dst)
 
 
+def _duplicate_of_func(src: Path) -> bool:
+    """Whether ``src`` is a scanner physio file of ``eeg/`` also present, equal, in ``func/``."""
+    if src.parent.name != "eeg" or "_recording-eyetracking" in src.name:
+        return False
+    if not src.name.endswith(("_physio.tsv.gz", "_physio.json")):
+        return False
+    twin = src.parent.parent / "func" / src.name
+    return twin.is_file() and twin.read_bytes() == src.read_bytes()
+
+
+def _n_volumes(bold: Path) -> int:
+    """Volumes of a BOLD image, from its header (InputError naming it when unreadable)."""
+    import nibabel as nib
+
+    try:
+        shape = nib.load(bold).shape
+    except Exception as err:  # noqa: BLE001 - nibabel raises many types for broken headers
+        raise InputError(f"BOLD {bold} cannot be read as NIfTI ({err}).") from None
+    return int(shape[3]) if len(shape) == 4 else 1
+
+
+def run_status(task: str, markers: int | None, volumes: int | None) -> tuple[str, str]:
+    """What the converter does with a run, and why, from its volume markers and volumes.
+
+    A BOLD run whose EEG has no volume marker cannot be aligned with it: the EEG stays
+    (EEG only), the BOLD is set aside. When the EEG has volume markers but more or fewer
+    than the participant level accepts (:func:`bids_app.io.validate.volume_marker_tolerance`),
+    which volumes they belong to is unknown: the run is set aside (skipped).
+
+    Parameters
+    ----------
+    task : str
+        Task label.
+    markers : int | None
+        Volume markers written after repair (None without EEG).
+    volumes : int | None
+        BOLD volumes (None without BOLD).
+
+    Returns
+    -------
+    status : str
+        ``simultaneous``, ``eeg_only``, ``bold_only`` or ``skipped``.
+    reason : str
+        Why, or the marker/volume counts when they differ ('' otherwise).
+    """
+    if markers is None:
+        return BOLD_ONLY, "no EEG recording in the release"
+    if volumes is None:
+        return EEG_ONLY, ("recorded without the scanner running" if task in EEG_ONLY_TASKS
+                          else "no BOLD run in the release")  # fmt: skip
+    what = f"{markers} volume markers for {volumes} BOLD volumes"
+    if markers == 0:
+        return EEG_ONLY, f"{what}: EEG cannot be aligned; BOLD kept in {UNALIGNED_DIR}/"
+    if abs(markers - volumes) > volume_marker_tolerance(volumes):
+        return SKIPPED, (f"{what}: which volumes the EEG covers is unknown; run kept in "
+                         f"{UNALIGNED_DIR}/")  # fmt: skip
+    return SIMULTANEOUS, what if markers != volumes else ""
+
+
+def _settle_runs(bids_dir: Path, report: ConversionReport) -> None:
+    """Give every run its status (:func:`run_status`) and set aside what cannot be used."""
+    for stem, record in sorted(report.runs.items()):
+        if record.volume_markers is None and record.bold_volumes is None:
+            continue  # physio only: flagged on the run it belongs to
+        markers = record.markers_written if record.volume_markers is not None else None
+        record.status, record.reason = run_status(task_of(stem), markers, record.bold_volumes)
+        if record.status == SKIPPED:
+            _set_aside(bids_dir, stem, ("func", "eeg"), report)
+        elif record.status == EEG_ONLY and record.bold_volumes is not None:
+            _set_aside(bids_dir, stem, ("func",), report)
+
+
+def _set_aside(bids_dir: Path, stem: str, folders: tuple[str, ...],
+               report: ConversionReport) -> None:
+    """Move the run's files of ``folders`` to :data:`UNALIGNED_DIR` (outside the dataset)."""
+    sub, ses = stem.split("_")[:2]
+    for folder in folders:
+        dest = bids_dir / UNALIGNED_DIR / sub / ses / folder
+        dest.mkdir(parents=True, exist_ok=True)
+        for path in sorted((bids_dir / sub / ses / folder).glob(f"{stem}_*")):
+            path.rename(dest / path.name)
+    report.bold_runs -= 1
+    if "eeg" in folders:
+        report.eeg_runs -= 1
+    report.repair(f"Moved the {' and '.join(f.replace('func', 'BOLD').upper() for f in folders)}"
+                  f" files of {stem} to {UNALIGNED_DIR}/: its volume markers do not match its "
+                  "volumes.")
+
+
 def _write_root(raw_dir: Path, bids_dir: Path, report: ConversionReport, tasks: dict) -> None:
-    src = read_json_lenient(raw_dir / "dataset_description.json", report)
-    write_json(
-        bids_dir / "dataset_description.json",
-        {
-            "Name": src.get("Name", "NKI NATVIEW EEG-fMRI"),
-            "BIDSVersion": "1.9.0",
-            "DatasetType": "raw",
-            "License": src.get("License", "CC-BY-NC-SA-4.0 (as the NATVIEW release)"),
-            "Authors": src.get("Authors") or ["NKI NATVIEW EEG-fMRI team"],
-            "ReferencesAndLinks": ["https://doi.org/10.1038/s41597-023-02458-8"],
-            "GeneratedBy": [
-                {"Name": "eegfmri", "Version": __version__,
-                 "Description": "NATVIEW release to BIDS conversion (eegfmri convert natview)"}
-            ],
-            "SourceDatasets": [{"URL": f"{nv.S3_BUCKET_URL}/{nv.S3_PREFIX}raw_data/"}],
-        },
-    )  # fmt: skip
-    readme = raw_dir / "README"
-    text = readme.read_text(encoding="utf-8", errors="replace") if readme.exists() else ""
-    (bids_dir / "README").write_text(
-        (text.strip() + "\n\n" if text.strip() else "NKI NATVIEW EEG-fMRI dataset.\n\n")
-        + "Converted to BIDS by eegfmri (see CHANGES for the repairs made).\n"
-    )
-    _write_participants(raw_dir, bids_dir, report)
+    convert_root.write_dataset_description(raw_dir, bids_dir, report)
+    convert_root.write_readme(raw_dir, bids_dir)
+    convert_root.write_participants(raw_dir, bids_dir, report)
+    convert_root.write_phenotype(raw_dir, bids_dir, report)
+    convert_root.copy_code(raw_dir, bids_dir)
+    tables = {p.stem for p in raw_dir.glob("*.tsv")}
+    for path in sorted(raw_dir.iterdir()):
+        if path.is_file() and path.name not in convert_root.ROOT_FILES and path.stem not in tables:
+            report.repair(f"Left out the root file {path.name} (not carried into the dataset).")
     for task, info in sorted(tasks.items()):
         # SliceTiming stays in the run sidecars only (equal lists at two levels make the
         # validator report an override).
-        if "RepetitionTime" in info:  # tasks with BOLD only
+        kept = any(bids_dir.glob(f"sub-*/**/func/*_task-{task}_*bold.nii.gz"))
+        if "RepetitionTime" in info and kept:  # tasks with BOLD only
             sidecar = {"TaskName": task, "RepetitionTime": info["RepetitionTime"]}
             write_json(bids_dir / f"task-{task}_bold.json", sidecar)
-
-
-def _write_participants(raw_dir: Path, bids_dir: Path, report: ConversionReport) -> None:
-    rows: list[list[str]] = []
-    header = ["participant_id"]
-    src = raw_dir / "participants.tsv"
-    if src.exists():
-        lines = [ln for ln in src.read_text().splitlines() if ln.strip()]
-        header = lines[0].split("\t") if lines else header
-        rows = [ln.split("\t") for ln in lines[1:]]
-    width = len(header)
-    by_id = {}
-    for row in rows:
-        if len(row) != width:
-            report.repair(f"Padded/cut a row of {src} to {width} column(s).")
-            row = (row + ["n/a"] * width)[:width]
-        pid = row[0] if row[0].startswith("sub-") else f"sub-{row[0]}"
-        by_id[pid] = [pid] + [v if v.strip() else "n/a" for v in row[1:]]
-    for label in report.subjects:
-        if f"sub-{label}" not in by_id:
-            by_id[f"sub-{label}"] = [f"sub-{label}"] + ["n/a"] * (width - 1)
-            report.repair(f"Added sub-{label} to participants.tsv.")
-    kept = [by_id[f"sub-{s}"] for s in report.subjects]
-    text = "\t".join(header) + "\n" + "".join("\t".join(r) + "\n" for r in kept)
-    (bids_dir / "participants.tsv").write_text(text)
-    described = {
-        "participant_id": {"Description": "Participant label."},
-        "age": {"Description": "Age at the first session.", "Units": "year"},
-        "sex": {"Description": "Sex.", "Levels": {"M": "male", "F": "female"}},
-    }
-    write_json(
-        bids_dir / "participants.json",
-        {c: described.get(c, {"Description": f"{c} (from the NATVIEW release)."})
-         for c in header},
-    )  # fmt: skip
 
 
 def _write_changes(bids_dir: Path, report: ConversionReport, raw_dir: Path) -> None:
@@ -231,9 +307,9 @@ def _unique(items: list[str]) -> list[str]:
 
 __all__ = [
     "ConversionReport",
-    "MARKER_MEANING",
     "clean_bold_sidecar",
     "convert_natview",
     "is_junk_marker",
+    "run_status",
     "read_json_lenient",
 ]

@@ -1,9 +1,9 @@
 """EEG runs of the NATVIEW -> BIDS conversion: EEGLAB ``.set`` -> BrainVision + sidecars.
 
 The recording is read through :func:`mne.io.read_raw_eeglab` (never the release's orphan
-``.vhdr``); recorder markers are dropped, the NATVIEW markers are kept and named
-(:data:`MARKER_MEANING`), and the cap's standard positions replace the release's unit-sphere
-electrodes.
+``.vhdr``); recorder markers are dropped, the volume-marker train is repaired, the other
+markers are named per task (:mod:`bids_app.natview.markers`), and the cap's standard
+positions replace the release's unit-sphere electrodes.
 """
 
 from __future__ import annotations
@@ -16,35 +16,19 @@ from pathlib import Path
 from bids_app.errors import InputError
 from bids_app.io.brainvision import Marker, read_vmrk, write_brainvision
 from bids_app.natview import facts as nv
-from bids_app.natview.convert_sidecars import ConversionReport, task_of, write_json
+from bids_app.natview.conversion_report import ConversionReport, RunRecord
+from bids_app.natview.convert_sidecars import task_of, write_json
+from bids_app.natview.markers import (
+    UNKNOWN_TRIAL_TYPE,
+    is_junk_marker,
+    normalize_marker,
+    repair_volume_markers,
+    trial_type,
+)
 
 logger = logging.getLogger(__name__)
 
 _ENTITY = re.compile(r"^(sub-[^_]+)_(ses-[^_]+)_(.*)$")
-
-#: Meaning of the NATVIEW markers (events.tsv ``trial_type``); ``value`` keeps the marker.
-MARKER_MEANING: dict[str, str] = {
-    nv.VOLUME_MARKER: "volume",
-    nv.TASK_START_MARKER: "task_start",
-    nv.TASK_END_MARKER: "task_end",
-    nv.SECOND_MARKER: "second",
-    nv.CHECKER_REST_BLOCK: "checker_rest_block",
-    nv.CHECKER_FLICKER_BLOCK: "checker_flicker_block",
-    "S 11": "checker_rest_second",
-    "S 26": "checker_flicker_second",
-    "S 12": "checker_rest_2s",
-    "S 27": "checker_flicker_2s",
-}
-
-
-_JUNK_NAMES = {m.lower() for m in nv.RECORDER_MARKERS} | {"new segment", "sync on"}
-
-
-def is_junk_marker(description: str) -> bool:
-    """Whether a marker is a BrainVision recorder marker rather than an experimental one."""
-    return description.strip().lower() in _JUNK_NAMES or description.lower().startswith(
-        ("syncstatus", "new segment")
-    )
 
 
 # --- EEG ---------------------------------------------------------------------------------
@@ -95,40 +79,63 @@ def convert_eeg_run(src: Path, out_dir: Path, report: ConversionReport, tasks: d
     task = task_of(src.name)
     write_json(out_dir / f"{stem}_eeg.json", eeg_sidecar(raw, task))
     _write_channels(out_dir / f"{stem}_channels.tsv", raw, src, report)
-    _write_eeg_events(out_dir / f"{stem}_events.tsv", markers, raw.info["sfreq"])
+    _write_eeg_events(out_dir / f"{stem}_events.tsv", markers, raw.info["sfreq"], task,
+                      report.run(stem))
     match = _ENTITY.match(stem)
     if match:
-        _write_electrodes(out_dir, f"{match.group(1)}_{match.group(2)}", raw.ch_names, report)
+        prefix = f"{match.group(1)}_{match.group(2)}"
+        released = (src.parent / f"{prefix}_electrodes.tsv").exists()
+        _write_electrodes(out_dir, prefix, raw.ch_names, report, released=released)
     tasks.setdefault(task, {})
     return vhdr
 
 
 def _eeg_markers(src: Path, raw, report: ConversionReport) -> list[tuple[int, str]]:
-    """(sample, marker) of the experiment, from the .set (the .vmrk when the .set has none)."""
+    """(sample, marker) of the experiment, from the .set (the .vmrk when the .set lacks them).
+
+    Recorder markers are dropped; the volume markers are repaired (duplicates removed, gaps
+    of whole TRs filled) and the run's record in ``report`` gets the counts.
+    """
     sfreq = raw.info["sfreq"]
     found = [
         (int(round(a["onset"] * sfreq)), normalize_marker(str(a["description"])))
         for a in raw.annotations
     ]
     vmrk = src.with_name(src.name.replace(".set", ".vmrk"))
-    if not any(d == nv.VOLUME_MARKER for _, d in found) and vmrk.exists():
+    if vmrk.exists() and not any(d == nv.VOLUME_MARKER for _, d in found):
         from_vmrk = [
             (m.sample, normalize_marker(m.description or m.kind)) for m in read_vmrk(vmrk)
         ]
-        if any(d == nv.VOLUME_MARKER for _, d in from_vmrk):
-            report.repair(f"Took the markers of {src} from {vmrk.name} (the .set had none).")
+        in_set = sum(not is_junk_marker(d) for _, d in found)
+        in_vmrk = sum(not is_junk_marker(d) for _, d in from_vmrk)
+        if any(d == nv.VOLUME_MARKER for _, d in from_vmrk) or in_vmrk > in_set:
+            report.repair(f"Took the markers of {src} from {vmrk.name} (the .set lacked them).")
             found = from_vmrk
     junk = [d for _, d in found if is_junk_marker(d)]
     if junk:
         kinds = ", ".join(sorted(set(junk)))
         report.repair(f"Dropped {len(junk)} recorder marker(s) ({kinds}) from {src}.")
-    return sorted((s, d) for s, d in found if not is_junk_marker(d))
-
-
-def normalize_marker(marker: str) -> str:
-    """BrainVision spelling of a marker: ``S1``/``S 1`` -> ``S  1``, ``R 128`` -> ``R128``."""
-    match = re.fullmatch(r"([RS])\s*(\d{1,3})", marker.strip())
-    return f"{match.group(1)}{int(match.group(2)):>3}" if match else marker.strip()
+    kept = sorted((s, d) for s, d in found if not is_junk_marker(d))
+    volumes = [s for s, d in kept if d == nv.VOLUME_MARKER]
+    spacing = nv.TR * sfreq
+    repaired, fix = repair_volume_markers(volumes, spacing)
+    record = report.run(src.name[: -len("_eeg.set")])
+    record.volume_markers, record.markers_written = len(volumes), len(repaired)
+    record.duplicates_removed, record.gap_markers_added = len(fix.duplicates), len(fix.filled)
+    if repaired:
+        record.first_marker_s = repaired[0] / sfreq
+        record.last_marker_s = repaired[-1] / sfreq
+    if fix.duplicates:
+        report.repair(f"Removed {len(fix.duplicates)} duplicate {nv.VOLUME_MARKER} marker(s) "
+                      f"(closer than half a TR to the previous one) from {src}.")
+    if fix.filled:
+        report.repair(f"Added {len(fix.filled)} {nv.VOLUME_MARKER} marker(s) in gaps of whole "
+                      f"TRs ({nv.TR} s) of {src}.")
+    for start, stop in fix.unfilled_gaps:
+        report.repair(f"Left a gap of {(stop - start) / sfreq:.2f} s between two "
+                      f"{nv.VOLUME_MARKER} markers of {src} (not a whole number of TRs).")
+    others = [(s, d) for s, d in kept if d != nv.VOLUME_MARKER]
+    return sorted(others + [(s, nv.VOLUME_MARKER) for s in repaired])
 
 
 def _marker_kind(marker: str) -> str:
@@ -179,26 +186,44 @@ def _write_channels(path: Path, raw, src: Path, report: ConversionReport) -> Non
     path.write_text("\n".join(rows) + "\n", encoding="utf-8")
 
 
-def _write_eeg_events(path: Path, markers: list[tuple[int, str]], sfreq: float) -> None:
+def _write_eeg_events(
+    path: Path, markers: list[tuple[int, str]], sfreq: float, task: str, record: RunRecord
+) -> None:
+    """Events of the recording's markers, named per task, with their own sidecar."""
     rows = ["onset\tduration\tsample\ttrial_type\tvalue"]
+    codes: dict[str, set[str]] = {}
     for sample, marker in markers:
-        meaning = MARKER_MEANING.get(marker, "fixation_dot" if marker.startswith("S") else marker)
+        meaning = trial_type(marker, task)
+        codes.setdefault(meaning, set()).add(marker)
         rows.append(f"{sample / sfreq:.4f}\t0\t{sample}\t{meaning}\t{marker}")
     path.write_text("\n".join(rows) + "\n")
-    levels = {v: f"marker {k}" for k, v in MARKER_MEANING.items()}
+    record.unknown_codes = sorted(codes.get(UNKNOWN_TRIAL_TYPE, ()))
+    levels = {
+        meaning: ("code(s) not sent by the stimulus script of this task: " if
+                  meaning == UNKNOWN_TRIAL_TYPE else "marker(s) ") + ", ".join(sorted(found))
+        for meaning, found in sorted(codes.items())
+    }  # fmt: skip
     write_json(
         path.with_suffix(".json"),
         {
             "onset": {"Description": "Marker time from the first EEG sample.", "Units": "s"},
+            "duration": {"Description": "Markers are instants.", "Units": "s"},
             "sample": {"Description": "Marker sample (0-based) in the EEG recording."},
-            "trial_type": {"Description": "Meaning of the NATVIEW marker.", "Levels": levels},
+            "trial_type": {"Description": f"Meaning of the NATVIEW marker in task {task}.",
+                           **({"Levels": levels} if levels else {})},
             "value": {"Description": "Marker as recorded (BrainVision description)."},
         },
     )
 
 
-def _write_electrodes(out_dir: Path, prefix: str, ch_names: list[str], report) -> None:
-    """Cap positions (MNE's colin27 10-05 template) with an honest coordinate system."""
+def _write_electrodes(
+    out_dir: Path, prefix: str, ch_names: list[str], report, *, released: bool
+) -> None:
+    """Cap positions (MNE's colin27 10-05 template) with an honest coordinate system.
+
+    ``released`` says whether the release has an electrodes file for the session (its
+    unit-sphere positions are replaced; the message differs when there is none).
+    """
     tsv = out_dir / f"{prefix}_space-MNIColin27_electrodes.tsv"
     if tsv.exists():
         return
@@ -222,6 +247,8 @@ def _write_electrodes(out_dir: Path, prefix: str, ch_names: list[str], report) -
         },
     )
     report.repair(
-        f"Replaced the unit-sphere electrodes of {prefix} by the cap's standard 10-05 "
-        "positions in MNIColin27 (metres) with a coordsystem.json."
+        (f"Replaced the unit-sphere electrodes of {prefix}" if released else
+         f"Wrote electrodes for {prefix}, which the release lacks,")
+        + " by the cap's standard 10-05 positions in MNIColin27 (metres) with a "
+        "coordsystem.json."
     )

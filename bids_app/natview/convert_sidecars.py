@@ -12,53 +12,17 @@ import gzip
 import json
 import logging
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from bids_app.natview import facts as nv
+from bids_app.natview.conversion_report import ConversionReport
 
 logger = logging.getLogger(__name__)
 
 #: Sidecar keys of the release that BIDS does not define (dropped).
 NON_STANDARD_KEYS: tuple[str, ...] = ("participant_id", "session_id", "modality")
-
-
-@dataclass
-class ConversionReport:
-    """What :func:`convert_natview` wrote and repaired.
-
-    Attributes
-    ----------
-    bids_dir : Path
-        The written dataset.
-    subjects : list of str
-        Subject labels converted.
-    eeg_runs, bold_runs : int
-        Recordings written.
-    repairs : list of str
-        One sentence per repair of a release defect.
-    """
-
-    bids_dir: Path
-    subjects: list[str] = field(default_factory=list)
-    eeg_runs: int = 0
-    bold_runs: int = 0
-    repairs: list[str] = field(default_factory=list)
-
-    def repair(self, message: str) -> None:
-        """Record a repair (and log it)."""
-        logger.info("repair: %s", message)
-        self.repairs.append(message)
-
-    def summary(self) -> str:
-        """One paragraph for the command line."""
-        return (
-            f"Converted {len(self.subjects)} subject(s), {self.eeg_runs} EEG and "
-            f"{self.bold_runs} BOLD run(s) into {self.bids_dir} with "
-            f"{len(self.repairs)} repair(s)."
-        )
 
 
 def read_json_lenient(path: Path, report: ConversionReport | None = None) -> dict:
@@ -127,6 +91,8 @@ def convert_sidecar(src: Path, dst: Path, report: ConversionReport, tasks: dict)
             {k: data[k] for k in ("RepetitionTime", "SliceTiming") if k in data}
         )
     else:
+        if src.name.endswith("_physio.json"):
+            data = capitalise_column_keys(data, src, report)
         for key in NON_STANDARD_KEYS:
             if key in data:
                 data.pop(key)
@@ -183,8 +149,44 @@ def ensure_bold_sidecar(src: Path, dst: Path, report: ConversionReport, tasks: d
         )
 
 
+_COLUMN_KEYS = ("description", "units", "levels")
+
+
+def capitalise_column_keys(data: dict, src: Path, report: ConversionReport) -> dict:
+    """Column descriptions with BIDS key case (``description`` -> ``Description``).
+
+    Parameters
+    ----------
+    data : dict
+        A sidecar describing table columns.
+    src : Path
+        Its file (for the repair message).
+    report : ConversionReport
+        Receives the repair.
+
+    Returns
+    -------
+    dict
+        Copy with ``description``/``units``/``levels`` capitalised in every column entry.
+    """
+    fixed = 0
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            value = {(k.capitalize() if k in _COLUMN_KEYS else k): v for k, v in value.items()}
+            fixed += sum(k in _COLUMN_KEYS for k in data[key])
+        out[key] = value
+    if fixed:
+        report.repair(f"Capitalised {fixed} column key(s) (description/units) in {src}.")
+    return out
+
+
 def copy_physio(src: Path, dst: Path, report: ConversionReport) -> None:
-    """Copy a gzipped physio TSV, writing ``n/a`` where the release wrote ``NaN``."""
+    """Copy a gzipped physio TSV, writing ``n/a`` where the release wrote ``NaN``.
+
+    The run's record in ``report`` gets a flag when the rows do not fill the declared
+    sampling rate (sparse) or the time column steps at another rate than declared.
+    """
     with gzip.open(src, "rt", encoding="utf-8", newline="") as fin:
         rows = list(csv.reader(fin, delimiter="\t"))
     fixed = 0
@@ -198,6 +200,53 @@ def copy_physio(src: Path, dst: Path, report: ConversionReport) -> None:
         gz.write("".join("\t".join(r) + "\n" for r in rows).encode("utf-8"))
     if fixed:
         report.repair(f"Replaced {fixed} NaN value(s) by n/a in {src}.")
+    sidecar = src.with_name(src.name.replace(".tsv.gz", ".json"))
+    flag = physio_rate_flag(rows, read_json_lenient(sidecar) if sidecar.exists() else {})
+    if flag:
+        stem = re.sub(r"_recording-[^_]+_physio\.tsv\.gz$", "", src.name)
+        label = re.search(r"recording-([^_]+)", src.name)
+        report.run(stem).physio_flags.append(f"{label.group(1) if label else 'physio'}: {flag}")
+
+
+def physio_rate_flag(rows: list[list[str]], sidecar: dict) -> str:
+    """Why a physio table does not match its declared rate ('' when it does or cannot tell).
+
+    Parameters
+    ----------
+    rows : list of list of str
+        The table (no header, as BIDS physio files are).
+    sidecar : dict
+        Its JSON sidecar (``SamplingFrequency``, ``Columns``; a ``time`` column in seconds,
+        or in the units its column description declares).
+
+    Returns
+    -------
+    str
+        ``time steps give F' Hz, sidecar declares F Hz`` when the table is regular at
+        another rate (at least 40 % of the declared one), ``sparse: N rows for T s at
+        F Hz (M expected)`` when it has far fewer rows than its time span needs, or ''.
+    """
+    columns = [str(c).lower() for c in sidecar.get("Columns", [])]
+    rate = sidecar.get("SamplingFrequency")
+    if "time" not in columns or not isinstance(rate, int | float) or rate <= 0 or len(rows) < 3:
+        return ""
+    index = columns.index("time")
+    described = next((v for k, v in sidecar.items() if k.lower() == "time"), {})
+    units = str({k.lower(): v for k, v in described.items()}.get("units", "s"))
+    scale = {"ms": 1e-3, "us": 1e-6, "µs": 1e-6}.get(units, 1.0)
+    time = np.array([float(r[index]) if len(r) > index and r[index] != "n/a" else np.nan
+                     for r in rows]) * scale  # fmt: skip
+    time = time[np.isfinite(time)]
+    if time.size < 3:
+        return ""
+    span = float(time[-1] - time[0])
+    expected = int(round(span * rate)) + 1
+    actual = 1.0 / max(float(np.median(np.diff(time))), 1e-12)
+    if actual >= 0.4 * rate and abs(actual - rate) > 0.01 * rate:
+        return f"time steps give {actual:.4g} Hz, sidecar declares {rate:g} Hz"
+    if len(rows) < 0.9 * expected:
+        return f"sparse: {len(rows)} rows for {span:.1f} s at {rate:g} Hz ({expected} expected)"
+    return ""
 
 
 def task_of(name: str) -> str:

@@ -43,7 +43,22 @@ TASK_END_MARKER = "S 99"
 SECOND_MARKER = "S  5"  # every second during movies and rest
 CHECKER_REST_BLOCK = "S 10"
 CHECKER_FLICKER_BLOCK = "S 25"
-RECORDER_MARKERS: tuple[str, ...] = ("New Segment", "SyncStatus", "Sync On", "boundary")
+RECORDER_MARKERS: tuple[str, ...] = (
+    "New Segment", "SyncStatus", "Sync On", "Sync Off", "boundary",
+)  # fmt: skip
+VOLUME_MARKER_SPACING_SAMPLES = 10_500  # one R128 per TR (2.1 s at 5000 Hz)
+#: Stimulus codes and their meaning (events.tsv ``trial_type``) per group of tasks, from
+#: the authors' stimulus scripts; codes outside a run's table are kept as unknown codes.
+CHECKER_CODES: dict[str, str] = {
+    CHECKER_REST_BLOCK: "checker_rest_block",
+    CHECKER_FLICKER_BLOCK: "checker_flicker_block",
+    "S 11": "checker_rest_second",
+    "S 26": "checker_flicker_second",
+    "S 12": "checker_rest_2s",
+    "S 27": "checker_flicker_2s",
+}
+#: Fixation dots of the ``peer`` calibration as found in the 37 released peer runs.
+PEER_FIXATION_CODES: tuple[str, ...] = tuple(f"S{k:>3}" for k in range(2, 25))
 
 # --- fMRI -----------------------------------------------------------------------------------
 TR = 2.1

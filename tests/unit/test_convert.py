@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
 import shutil
 import warnings
 from pathlib import Path
@@ -152,8 +153,11 @@ def test_bad_input_raises(tmp_path, tiny_release):
     broken = tmp_path / "broken" / "sub-01" / "ses-01" / "eeg"
     broken.mkdir(parents=True)
     (broken / "sub-01_ses-01_task-rest_eeg.set").write_bytes(b"not a mat file")
+    # a readable subject converted before the broken one: its files must not be left behind
+    shutil.copytree(tiny_release / "sub-01", tmp_path / "broken" / "sub-00", copy_function=os.link)
     with pytest.raises(InputError, match="cannot be read"):
         convert_natview(tmp_path / "broken", tmp_path / "out2")
+    assert not (tmp_path / "out2").exists()  # no partial output
 
 
 def test_markers_from_vmrk_when_set_has_none(tmp_path):

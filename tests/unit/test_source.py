@@ -97,7 +97,7 @@ def _corner_count(grid) -> np.ndarray:
     return count
 
 
-def test_electrodes_alignment(tmp_path):
+def test_electrodes_alignment(tmp_path, caplog):
     template = forward.template_positions("standard_1005")
     names = list(nv.EEG_CHANNELS)
     xyz = np.array([template[n] for n in names])
@@ -115,6 +115,13 @@ def test_electrodes_alignment(tmp_path):
     lines = ["name\tx\ty\tz"] + [f"{n}\t{x}\t{y}\t{z}" for n, (x, y, z) in zip(names, unit)]
     path.write_text("\n".join(lines) + "\n")
     assert np.allclose(forward.read_electrodes(path, template)["Oz"], template["Oz"])
+    metres = xyz @ rot.T  # e.g. the NATVIEW converter's template positions (metres)
+    lines = ["name\tx\ty\tz"] + [f"{n}\t{x}\t{y}\t{z}" for n, (x, y, z) in zip(names, metres)]
+    path.write_text("\n".join(lines) + "\n")
+    with caplog.at_level("INFO", logger=forward.logger.name):
+        aligned = forward.read_electrodes(path, template)
+    assert "unit sphere" not in caplog.text and "Aligned" in caplog.text
+    assert max(np.linalg.norm(aligned[n] - template[n]) for n in names) < 1e-4
     path.write_text("name\tx\n")
     with pytest.raises(InputError, match="electrodes.tsv"):
         forward.read_electrodes(path, template)
