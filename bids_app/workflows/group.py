@@ -2,8 +2,9 @@
 
 The group level reads participant derivatives only (never the raw dataset's EEG/BOLD),
 so it needs a finished participant level in ``output_dir``. Each stage is imported
-lazily; a failed stage is logged with a crash file and the stages that do not depend on
-it still run (the report is written even when models or masking failed).
+before anything is written (a stage that cannot be imported stops the run, exit code 1);
+a failed stage is logged with a crash file and the stages that do not depend on it still
+run (the report is written even when models or masking failed).
 """
 
 from __future__ import annotations
@@ -13,7 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from bids_app.errors import InputError
-from bids_app.workflows.participant import LevelResult, call_stage, load_stage
+from bids_app.workflows.participant import (
+    LevelResult,
+    call_stage,
+    import_stages,
+    load_stage,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +59,27 @@ def check_group_inputs(config: Any) -> list[str]:
     return subjects
 
 
-def run_group_level(config: Any, *, stages: dict[str, Any] = STAGES
-                    ) -> LevelResult:
+def prepare_group_level(config: Any, *, stages: dict[str, Any] = STAGES) -> list[str]:
+    """Pre-flight of the group level: import every stage, check participant outputs.
+
+    Returns
+    -------
+    list of str
+        Subjects with participant outputs (:func:`check_group_inputs`).
+
+    Raises
+    ------
+    InstallationError
+        A stage cannot be imported (exit code 1).
+    InputError
+        No participant outputs, or a stimulus video that does not decode (exit code 2).
+    """
+    import_stages(stages)
+    return check_group_inputs(config)
+
+
+def run_group_level(config: Any, *, stages: dict[str, Any] = STAGES,
+                    subjects: list[str] | None = None) -> LevelResult:
     """Train the models, run the masking analysis and write the group report.
 
     Parameters
@@ -63,6 +88,8 @@ def run_group_level(config: Any, *, stages: dict[str, Any] = STAGES
         Resolved configuration; ``execution.output_dir`` holds participant outputs.
     stages : dict
         Stage name -> (module, function) or a callable; None disables a stage.
+    subjects : list of str | None
+        Result of :func:`prepare_group_level` (made here when None).
 
     Returns
     -------
@@ -71,7 +98,8 @@ def run_group_level(config: Any, *, stages: dict[str, Any] = STAGES
     """
     from bids_app.io.derivatives import DerivativesWriter
 
-    subjects = check_group_inputs(config)
+    if subjects is None:
+        subjects = prepare_group_level(config, stages=stages)
     output_dir = Path(config.execution.output_dir)
     writer = DerivativesWriter(output_dir, config)
     result = LevelResult()

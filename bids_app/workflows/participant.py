@@ -21,13 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from bids_app.errors import EegfmriError, InputError
+from bids_app.errors import EegfmriError, InputError, InstallationError
 from bids_app.io.bids import BidsInput, RunFiles, load_filter_file
 from bids_app.utils import limit_threads
 
 logger = logging.getLogger(__name__)
 
-#: stage name -> (module, function) imported lazily so a missing stage never blocks others.
+#: stage name -> (module, function); every stage is imported before the run writes anything.
 STAGES: dict[str, tuple[str, str]] = {
     "eeg": ("bids_app.workflows.eeg", "run_eeg_workflow"),
     "fmri": ("bids_app.workflows.fmri", "run_fmri_workflow"),
@@ -85,9 +85,15 @@ class LevelResult:
 
 def load_stage(name: str, stages: dict[str, Any],
                unavailable: dict[str, str]) -> Callable[..., Any] | None:
-    """Import a stage function lazily; record why it is unavailable instead of failing.
+    """Import a stage function; None (recorded as "disabled") when the stage is None.
 
-    ``stages[name]`` is ``(module, function)`` or a callable (used as is).
+    ``stages[name]`` is ``(module, function)``, a callable (used as is) or None.
+
+    Raises
+    ------
+    InstallationError
+        When the stage's module or function cannot be imported: a broken installation
+        is never an optional extra, so the run stops naming the stage (exit code 1).
     """
     if name in unavailable or stages.get(name) is None:
         unavailable.setdefault(name, "disabled")
@@ -97,12 +103,24 @@ def load_stage(name: str, stages: dict[str, Any],
     module_name, func_name = stages[name]
     try:
         return getattr(importlib.import_module(module_name), func_name)
-    except Exception as err:  # a missing or broken stage must not stop the others
-        reason = f"{type(err).__name__}: {err}"
-        unavailable[name] = reason
-        logger.warning("Stage '%s' (%s.%s) is unavailable, so it is not run: %s", name,
-                       module_name, func_name, reason)
-        return None
+    except Exception as err:
+        raise InstallationError(
+            f"Stage '{name}' cannot be imported ({module_name}.{func_name}: "
+            f"{type(err).__name__}: {err}); the installation is broken, so reinstall "
+            "eegfmri or use the container image."
+        ) from None
+
+
+def import_stages(stages: dict[str, Any]) -> None:
+    """Import every enabled stage now, so a broken installation stops before any output.
+
+    Raises
+    ------
+    InstallationError
+        Naming the first stage that cannot be imported.
+    """
+    for name in stages:
+        load_stage(name, stages, {})
 
 
 def crash_file(output_dir: Path, name: str) -> Path:
@@ -174,6 +192,25 @@ def release_memory(outcome: RunOutcome, writer: Any) -> None:
                 break
 
 
+@dataclass
+class Selection:
+    """What the pre-flight of the participant level found: runs to process and refused.
+
+    Attributes
+    ----------
+    layout : BidsInput
+        The indexed input dataset.
+    runs : dict
+        Subject -> runs whose files passed :func:`bids_app.io.preflight.check_run`.
+    rejected : list of (RunFiles, str)
+        Runs with a broken input file and the sentence saying why.
+    """
+
+    layout: BidsInput
+    runs: dict[str, list[RunFiles]]
+    rejected: list[tuple[RunFiles, str]]
+
+
 def collect_runs(layout: BidsInput, config: Any) -> tuple[dict[str, list[RunFiles]],
                                                           list[tuple[RunFiles, str]]]:
     """Select the runs of every requested subject and check their files up front.
@@ -181,22 +218,23 @@ def collect_runs(layout: BidsInput, config: Any) -> tuple[dict[str, list[RunFile
     Returns
     -------
     runs : dict
-        Subject -> runs whose files passed :func:`bids_app.io.validate.check_run`.
+        Subject -> runs whose files passed :func:`bids_app.io.preflight.check_run`.
     rejected : list of (RunFiles, str)
         Runs with a broken input file and the sentence saying why.
 
     Raises
     ------
     InputError
-        When nothing is left to process (no EEG, no BOLD, or every run broken).
+        When a label matches nothing, or nothing is left to process (no EEG, no BOLD,
+        or every run broken).
     """
-    from bids_app.io.validate import check_run
+    from bids_app.io.preflight import check_run
 
     execution = config.execution
-    subjects = (layout.check_subjects(execution.participant_label)
-                if execution.participant_label else layout.subjects())
+    subjects = layout.select_subjects(execution.participant_label)
     if not subjects:
         raise InputError(f"BIDS dataset {layout.root} has no sub-* folders.")
+    layout.check_labels(subjects, execution.session_label, execution.task_label)
     filters = load_filter_file(execution.bids_filter_file) if execution.bids_filter_file \
         else None
     selected = {s: layout.runs(s, execution.session_label, execution.task_label, filters)
@@ -206,28 +244,56 @@ def collect_runs(layout: BidsInput, config: Any) -> tuple[dict[str, list[RunFile
     if not every:
         raise InputError(f"{where} has no EEG or BOLD recordings matching the selection "
                          f"(subjects {', '.join(subjects)}).")
-    if not any(r.eeg for r in every):
-        raise InputError(f"{where} has no EEG recordings (eeg/*_eeg.set|vhdr|edf) in the "
-                         "selection; eegfmri needs EEG recorded with fMRI.")
-    if not any(r.bold for r in every):
-        raise InputError(f"{where} has no BOLD runs (func/*_bold.nii.gz) in the selection; "
-                         "eegfmri needs fMRI recorded with the EEG.")
+    if not any(r.extra.get("unreadable") for r in every):
+        if not any(r.eeg for r in every):
+            raise InputError(f"{where} has no EEG recordings (eeg/*_eeg.set|vhdr|edf) in "
+                             "the selection; eegfmri needs EEG recorded with fMRI.")
+        if not any(r.bold for r in every):
+            raise InputError(f"{where} has no BOLD runs (func/*_bold.nii.gz) in the "
+                             "selection; eegfmri needs fMRI recorded with the EEG.")
     runs: dict[str, list[RunFiles]] = {}
     rejected: list[tuple[RunFiles, str]] = []
     for subject, subject_runs in selected.items():
         runs[subject] = []
         for run in subject_runs:
-            problems = check_run(run, config)
+            problems = check_run(run, config, layout.root)
             if problems:
-                for problem in problems:
-                    logger.error("Input check failed for %s: %s", run.run_id, problem)
                 rejected.append((run, problems[0]))
             else:
                 runs[subject].append(run)
     if not any(runs.values()):
-        more = f" ({len(rejected) - 1} more problems in the log)" if len(rejected) > 1 else ""
+        for run, problem in rejected[1:]:
+            logger.error("Input check failed for %s: %s", run.run_id, problem)
+        more = (f" ({len(rejected) - 1} more problems listed above)" if len(rejected) > 1
+                else "")
         raise InputError(rejected[0][1].rstrip(".") + more + ".")
     return runs, rejected
+
+
+def prepare_participant_level(config: Any, *, stages: dict[str, Any] = STAGES
+                              ) -> Selection:
+    """Pre-flight of the participant level, before any output is written.
+
+    Imports every stage, runs the BIDS validator (unless ``--skip-bids-validation``) and
+    checks every input file of the selection (:func:`collect_runs`).
+
+    Raises
+    ------
+    InstallationError
+        A stage cannot be imported (exit code 1).
+    InputError
+        Invalid dataset or no processable run (exit code 2).
+    """
+    from bids_app.io.validate import validate_bids_dir
+
+    import_stages(stages)
+    layout = BidsInput(config.execution.bids_dir)
+    if config.execution.skip_bids_validation:
+        logger.info("BIDS validation skipped (--skip-bids-validation).")
+    else:
+        validate_bids_dir(layout.root)
+    runs, rejected = collect_runs(layout, config)
+    return Selection(layout, runs, rejected)
 
 
 def run_subject(subject: str, runs: list[RunFiles], config: Any, writer: Any,
@@ -287,9 +353,9 @@ def run_subject(subject: str, runs: list[RunFiles], config: Any, writer: Any,
     return outcomes
 
 
-def run_participant_level(config: Any, *, stages: dict[str, Any] = STAGES
-                          ) -> LevelResult:
-    """Validate the input, check every run's files, then process each subject.
+def run_participant_level(config: Any, *, stages: dict[str, Any] = STAGES,
+                          selection: Selection | None = None) -> LevelResult:
+    """Process each subject of a pre-flight :class:`Selection` (made here when None).
 
     Parameters
     ----------
@@ -297,6 +363,8 @@ def run_participant_level(config: Any, *, stages: dict[str, Any] = STAGES
         Resolved configuration (``execution.bids_dir``/``output_dir`` set).
     stages : dict
         Stage name -> (module, function) or a callable; None disables a stage.
+    selection : Selection | None
+        Result of :func:`prepare_participant_level`.
 
     Returns
     -------
@@ -309,16 +377,14 @@ def run_participant_level(config: Any, *, stages: dict[str, Any] = STAGES
         Invalid dataset or no processable run (exit code 2).
     """
     from bids_app.io.derivatives import DerivativesWriter
-    from bids_app.io.validate import validate_bids_dir
     from bids_app.utils import progress
 
     execution = config.execution
-    layout = BidsInput(execution.bids_dir)
-    if execution.skip_bids_validation:
-        logger.info("BIDS validation skipped (--skip-bids-validation).")
-    else:
-        validate_bids_dir(layout.root)
-    runs, rejected = collect_runs(layout, config)
+    if selection is None:
+        selection = prepare_participant_level(config, stages=stages)
+    layout, runs, rejected = selection.layout, selection.runs, selection.rejected
+    for run, problem in rejected:
+        logger.error("Input check failed for %s: %s", run.run_id, problem)
     writer = DerivativesWriter(execution.output_dir, config, bids_dir=layout.root)
     result = LevelResult()
     broken = {subject: [RunOutcome(run=run, failures=[Failure("input", problem)])

@@ -149,17 +149,20 @@ def test_participant_then_group(tree, tmp_path, stages, monkeypatch):
     assert (out / "group.html").exists()
 
 
-def test_unavailable_stage_is_reported(tree, tmp_path, monkeypatch, caplog):
+def test_unimportable_stage_stops_the_run_before_any_output(tree, tmp_path, monkeypatch,
+                                                            capsys):
     monkeypatch.setitem(part_wf.STAGES, "eeg", ("bids_app.no_such_module", "run"))
     monkeypatch.setitem(part_wf.STAGES, "fmri", None)
     monkeypatch.setitem(part_wf.STAGES, "report", None)
-    from bids_app.config import Config
-
-    config = Config().replace("execution", bids_dir=tree, output_dir=tmp_path / "o",
-                              participant_label=("01",), skip_bids_validation=True)
-    result = part_wf.run_participant_level(config)
-    assert result.exit_code == 0 and result.stages_run == set()
-    assert "No module named 'bids_app.no_such_module'" in result.stages_unavailable["eeg"]
+    out = tmp_path / "o"
+    code = main([str(tree), str(out), "participant", "--participant-label", "01",
+                 "--skip-bids-validation", "-q"])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 1
+    assert last.startswith("eegfmri: error: Stage 'eeg' cannot be imported "
+                           "(bids_app.no_such_module.run: ModuleNotFoundError"), last
+    assert "reinstall eegfmri" in last
+    assert not out.exists()
 
 
 def test_subcommands_dispatch(tmp_path, monkeypatch, capsys):
