@@ -190,6 +190,9 @@ class BidsInput:
         if not self.root.is_dir():
             raise InputError(f"BIDS directory {self.root} does not exist.")
         description = self.root / "dataset_description.json"
+        if description.exists() or description.is_symlink():
+            if (reason := unreadable_reason(description)) is not None:
+                raise InputError(f"{description} {reason}.")
         if not description.is_file():
             raise InputError(
                 f"{self.root} is not a BIDS dataset (no dataset_description.json); "

@@ -74,6 +74,9 @@ def check_nifti(path: Path, *, ndim: int | None = None, label: str = "image") ->
     try:
         img = nib.load(path)
     except Exception as err:  # nibabel raises many types for broken headers
+        with open(path, "rb") as fh:
+            if fh.read(2) == b"\x1f\x8b":  # a gzip file: name a broken stream as such
+                _gzip_length(path, label)
         raise InputError(f"{label} {path} cannot be read as NIfTI ({err}).") from None
     if ndim is not None and img.ndim != ndim:
         raise InputError(f"{label} {path} has {img.ndim} dimensions {img.shape}; "

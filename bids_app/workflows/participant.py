@@ -288,6 +288,7 @@ def prepare_participant_level(config: Any, *, stages: dict[str, Any] = STAGES
 
     import_stages(stages)
     layout = BidsInput(config.execution.bids_dir)
+    layout.select_subjects(config.execution.participant_label)  # labels before validator
     if config.execution.skip_bids_validation:
         logger.info("BIDS validation skipped (--skip-bids-validation).")
     else:

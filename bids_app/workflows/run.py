@@ -33,7 +33,7 @@ PATH_ROOM = 300
 
 
 def _existing_ancestor(path: Path) -> Path:
-    while not path.exists() and path != path.parent:
+    while not os.path.exists(path) and path != path.parent:  # False on ENAMETOOLONG too
         path = path.parent
     return path
 
