@@ -28,6 +28,8 @@ STAGES: dict[str, tuple[str, str]] = {
     "masking": ("bids_app.workflows.masking", "run_masking_workflow"),
     "group_report": ("bids_app.report.group", "write_group_report"),
 }
+#: Name part of the files the masking stage writes back into the subjects' folders.
+GROUP_WRITEBACK = "_desc-vaemask_"
 
 
 def check_group_inputs(config: Any) -> list[str]:
@@ -57,6 +59,21 @@ def check_group_inputs(config: Any) -> list[str]:
             if video.suffix.lower() in (".avi", ".mp4", ".mkv", ".mov", ".webm"):
                 check_stimulus_video(video)
     return subjects
+
+
+def group_inputs(config: Any, subjects: list[str]) -> list[Path]:
+    """Files the group stages read: participant outputs of ``subjects`` and the videos.
+
+    The masking's own annotations written back into the subjects' folders
+    (``*_desc-vaemask_*``, :data:`GROUP_WRITEBACK`) are outputs of the group level, not
+    inputs, and are left out.
+    """
+    output_dir = Path(config.execution.output_dir)
+    files = [p for s in subjects for p in (output_dir / f"sub-{s}").rglob("*")
+             if p.is_file() and GROUP_WRITEBACK not in p.name]
+    if config.execution.stimuli_dir is not None:
+        files.extend(p for p in Path(config.execution.stimuli_dir).rglob("*") if p.is_file())
+    return files
 
 
 def prepare_group_level(config: Any, *, stages: dict[str, Any] = STAGES) -> list[str]:
@@ -100,24 +117,45 @@ def run_group_level(config: Any, *, stages: dict[str, Any] = STAGES,
 
     if subjects is None:
         subjects = prepare_group_level(config, stages=stages)
+    from bids_app.workflows.checkpoint import Checkpoints, ignore_work_dir, stage_key
+
     output_dir = Path(config.execution.output_dir)
+    work_dir = Path(config.execution.work_dir or output_dir / "work").absolute()
     writer = DerivativesWriter(output_dir, config)
+    ignore_work_dir(writer, config)
     result = LevelResult()
     logger.info("Group level on %d subject(s): %s", len(subjects), ", ".join(subjects))
-    def run(name: str, *args: Any) -> Any:
-        """Run one stage if it is available; record it as run when it returns a result."""
+    checkpoints = Checkpoints(work_dir / "checkpoints" / "group", output_dir, (work_dir,))
+    keys: dict[str, str] = {}
+
+    def run(name: str, *args: Any, upstream: tuple[str, ...] = ()) -> Any:
+        """Run one stage if it is available; record it as run when it returns a result.
+
+        ``upstream`` names the checkpointed stages whose results it consumes; a stage
+        without ``upstream`` reads the participant outputs.
+        """
         func = load_stage(name, stages, result.stages_unavailable)
         if func is None:
             return None
-        out = call_stage(name, func, args, label="group", output_dir=output_dir,
-                         failures=result.failures)
+        inputs = () if upstream else group_inputs(config, subjects)
+        keys[name] = stage_key(name, func, "group", config, inputs,
+                               upstream=[keys[u] for u in upstream])
+        out = call_stage(name, checkpoints.run, (f"group-{name}", keys[name], func, *args),
+                         label="group", output_dir=output_dir, failures=result.failures)
         if out is not None:
             result.stages_run.add(name)
         return out
 
     models = run("models", output_dir, config, writer)
-    masking = run("masking", models, config, writer) if models is not None else None
-    path = run("group_report", models, masking, config, writer)
+    masking = (run("masking", models, config, writer, upstream=("models",))
+               if models is not None else None)
+    func = load_stage("group_report", stages, result.stages_unavailable)
+    path = None
+    if func is not None:  # always rebuilt: cheap, and it lists what the others did
+        path = call_stage("group_report", func, (models, masking, config, writer),
+                          label="group", output_dir=output_dir, failures=result.failures)
+        if path is not None:
+            result.stages_run.add("group_report")
     if path is not None:
         result.reports.append(Path(path))
     logger.info("Group level done: stages run: %s; unavailable: %s; %d failure(s).",

@@ -297,6 +297,17 @@ def prepare_participant_level(config: Any, *, stages: dict[str, Any] = STAGES
     return Selection(layout, runs, rejected)
 
 
+def run_inputs(run: RunFiles) -> list[Path]:
+    """Every input file a run's stages read: data files with their companions, sidecars."""
+    paths = [run.eeg, run.bold, run.bold_json, run.events, run.t1w, run.eeg_sidecar,
+             run.channels, run.electrodes, run.eeg_events, run.bold_events, run.coordsystem,
+             *run.extra.get("eeg_sidecars", []), *run.extra.get("bold_sidecars", [])]
+    for data in (run.eeg, run.bold):
+        if data is not None:  # e.g. the .eeg and .vmrk of a .vhdr, the .fdt of a .set
+            paths.extend(data.parent.glob(data.name.split(".", 1)[0] + ".*"))
+    return [Path(p) for p in paths if p is not None]
+
+
 def run_subject(subject: str, runs: list[RunFiles], config: Any, writer: Any,
                 result: LevelResult, *, stages: dict[str, Any] = STAGES,
                 rejected: list[RunOutcome] | None = None) -> list[RunOutcome]:
@@ -306,9 +317,13 @@ def run_subject(subject: str, runs: list[RunFiles], config: Any, writer: Any,
     passed to the report so it lists them.
     """
     from bids_app.utils import progress
+    from bids_app.workflows.checkpoint import Checkpoints, stage_key
 
     output_dir = Path(config.execution.output_dir)
-    work_dir = Path(config.execution.work_dir or output_dir / "work") / f"sub-{subject}"
+    work_root = Path(config.execution.work_dir or output_dir / "work")
+    work_dir = work_root / f"sub-{subject}"
+    checkpoints = Checkpoints(work_root / "checkpoints" / f"sub-{subject}",
+                              output_dir / f"sub-{subject}")
     outcomes = list(rejected or [])
     for run in progress(runs, desc=f"sub-{subject}", unit="run"):
         outcome = RunOutcome(run=run)
@@ -322,20 +337,26 @@ def run_subject(subject: str, runs: list[RunFiles], config: Any, writer: Any,
             plan.append(("eeg", (run, config, writer)))
         if run.bold is not None:
             plan.append(("fmri", (run, config, writer, work_dir)))
+        keys: dict[str, str] = {}
         for stage, args in plan:
             func = load_stage(stage, stages, result.stages_unavailable)
             if func is None:
                 continue
-            value = call_stage(stage, func, args, label=label, output_dir=output_dir,
-                               failures=outcome.failures)
+            keys[stage] = stage_key(stage, func, label, config, run_inputs(run))
+            value = call_stage(stage, checkpoints.run,
+                               (f"{label}-{stage}", keys[stage], func, *args), label=label,
+                               output_dir=output_dir, failures=outcome.failures)
             setattr(outcome, stage, value)
             if value is not None:
                 outcome.stages_run.append(stage)
         if outcome.eeg is not None and outcome.fmri is not None:
             func = load_stage("coupling", stages, result.stages_unavailable)
             if func is not None:
+                key = stage_key("coupling", func, label, config, (),
+                                upstream=(keys["eeg"], keys["fmri"]))
                 outcome.coupling = call_stage(
-                    "coupling", func, (run, outcome.eeg, outcome.fmri, config, writer),
+                    "coupling", checkpoints.run, (f"{label}-coupling", key, func, run,
+                                                  outcome.eeg, outcome.fmri, config, writer),
                     label=label, output_dir=output_dir, failures=outcome.failures)
                 if outcome.coupling is not None:
                     outcome.stages_run.append("coupling")
@@ -379,6 +400,7 @@ def run_participant_level(config: Any, *, stages: dict[str, Any] = STAGES,
     """
     from bids_app.io.derivatives import DerivativesWriter
     from bids_app.utils import progress
+    from bids_app.workflows.checkpoint import ignore_work_dir
 
     execution = config.execution
     if selection is None:
@@ -387,6 +409,7 @@ def run_participant_level(config: Any, *, stages: dict[str, Any] = STAGES,
     for run, problem in rejected:
         logger.error("Input check failed for %s: %s", run.run_id, problem)
     writer = DerivativesWriter(execution.output_dir, config, bids_dir=layout.root)
+    ignore_work_dir(writer, config)
     result = LevelResult()
     broken = {subject: [RunOutcome(run=run, failures=[Failure("input", problem)])
                         for run, problem in rejected if run.entities["sub"] == subject]
