@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bids_app.errors import InputError
-from bids_app.workflows.participant import (
+from bids_app.workflows.stages import (
     LevelResult,
     call_stage,
     import_stages,

@@ -22,7 +22,7 @@ from bids_app.errors import InputError
 from bids_app.io.atomic import leftover_temporaries
 from bids_app.io.derivatives import output_lock
 from bids_app.utils import logging_to, timestamp, unique_stamp
-from bids_app.workflows.participant import Failure, LevelResult
+from bids_app.workflows.stages import Failure, LevelResult
 
 logger = logging.getLogger(__name__)
 
