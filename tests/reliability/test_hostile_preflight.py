@@ -481,3 +481,32 @@ def test_eeg_only_runs_need_no_bold_checks(copy_tree, tmp_path, capsys):
     assert code == 1 and "Traceback" not in err
     assert not os.path.exists(tmp_path / "out" / "sub-01" / "ses-01" / "eeg" /
                               "sub-01_ses-01_task-checkerout_desc-preproc_eeg.vhdr")
+
+
+@pytest.mark.parametrize("level", ["participant", "group"])
+def test_unimportable_stage_fails_loudly_before_any_output(level, copy_tree, tmp_path,
+                                                           monkeypatch, capsys):
+    """A broken installation is exit 1 naming the stage, not a stage silently skipped."""
+    from bids_app.workflows import group as group_wf
+    from bids_app.workflows import participant as part_wf
+
+    root = copy_tree("one")
+    out = tmp_path / "out"
+    if level == "group":
+        assert main([str(root), str(out), "participant", "-q",
+                     "--skip-bids-validation"]) == 0
+        monkeypatch.setitem(group_wf.STAGES, "masking",
+                            ("bids_app.workflows.no_such_masking", "run"))
+        stage = "masking"
+    else:
+        monkeypatch.setitem(part_wf.STAGES, "fmri", ("bids_app.workflows.fmri", "nothing"))
+        stage = "fmri"
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    code, err = run_cli([root, out, level], capsys)
+    assert code == 1, err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        f"eegfmri: error: Stage '{stage}' cannot be imported"), err
+    assert lines[0].endswith("reinstall eegfmri or use the container image.")
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
