@@ -5,6 +5,12 @@ fMRI workflow of a run are independent, coupling needs both, and the subject's H
 report gathers every run. A failure in one stage of one run is logged, its traceback
 saved to ``logs/crash-sub-<sub>-<run>-<stage>.txt``, recorded in the run's
 :class:`RunOutcome`, and every other run and subject goes on (exit code 1).
+
+Before anything is written, :func:`prepare_participant_level` imports every stage, runs
+the BIDS validator and pre-flights every input file of the selection
+(:mod:`bids_app.io.preflight`). The EEG, fMRI and coupling stages of each run are
+checkpointed in ``WORK_DIR/checkpoints/sub-<sub>/`` (:mod:`bids_app.workflows.checkpoint`),
+so an interrupted run resumes where it stopped.
 """
 
 from __future__ import annotations
