@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-PAUSE_S = float(os.environ.get("LIGHT_PAUSE_S", "0.4"))
+PAUSE_S = float(os.environ.get("LIGHT_PAUSE_S", "0.75"))
 
 
 def _called(name: str) -> None:
