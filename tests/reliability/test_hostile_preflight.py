@@ -469,18 +469,21 @@ def test_broken_second_run_is_named_and_the_first_finishes(copy_tree, tmp_path, 
     assert tree_hash(root) == before
 
 
-def test_eeg_only_runs_need_no_bold_checks(copy_tree, tmp_path, capsys):
-    """An EEG-only task's files are still pre-flighted (its header here is broken)."""
+def test_broken_eeg_only_run_is_refused_and_the_other_finishes(copy_tree, tmp_path, capsys):
+    """An EEG-only task's files are pre-flighted too (here its header is broken)."""
     root = copy_tree("eegonly")
     vhdr = root / SUB / "eeg" / "sub-01_ses-01_task-checkerout_eeg.vhdr"
     vhdr.write_text(re.sub(r"(?m)^SamplingInterval=.*$", "SamplingInterval=0",
                            vhdr.read_text()))
+    before = tree_hash(root)
     code = main([str(root), str(tmp_path / "out"), "participant", "-q",
                  "--skip-bids-validation"])
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err
-    assert not os.path.exists(tmp_path / "out" / "sub-01" / "ses-01" / "eeg" /
-                              "sub-01_ses-01_task-checkerout_desc-preproc_eeg.vhdr")
+    assert f"{vhdr} has SamplingInterval=0" in err
+    done = sorted(p.name for p in (tmp_path / "out").rglob("*_desc-preproc_eeg.vhdr"))
+    assert done == [f"{STEM}_desc-preproc_eeg.vhdr"]
+    assert tree_hash(root) == before
 
 
 @pytest.mark.parametrize("level", ["participant", "group"])
