@@ -23,7 +23,8 @@ from pathlib import Path
 
 from bids_app import __version__
 from bids_app.config import Config, ConfigError, load_config
-from bids_app.errors import InputError
+from bids_app.errors import InputError, InstallationError
+from bids_app.io.entities import LABEL
 from bids_app.utils import limit_threads
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -54,9 +55,10 @@ def _label_type(prefix: str):
         if "/" in value or "\\" in value or ".." in value:
             raise argparse.ArgumentTypeError(f"label {value!r} must not contain '/' or '..'")
         label = value[len(prefix) + 1 :] if value.startswith(prefix + "-") else value
-        if not label or not label.isalnum():
+        if not LABEL.fullmatch(label):
             raise argparse.ArgumentTypeError(
-                f"label {value!r} must be letters and digits only (e.g. 01 or {prefix}-01)"
+                f"label {value!r} must be letters a-z, A-Z and digits only, as in BIDS "
+                f"(e.g. 01 or {prefix}-01)"
             )
         return label
 
@@ -330,6 +332,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (InputError, ConfigError) as err:
         print(f"eegfmri: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except InstallationError as err:
+        print(f"eegfmri: error: {err}", file=sys.stderr)
+        return EXIT_FAILED
     except ModuleNotFoundError as err:
         if err.name and err.name.startswith("bids_app"):
             print(f"eegfmri: error: module {err.name} is not available in this "

@@ -14,3 +14,10 @@ class InputError(EegfmriError):
 
 class StageError(EegfmriError):
     """A processing stage failed on one run; other runs go on and the exit code is 1."""
+
+
+class InstallationError(EegfmriError):
+    """A part of eegfmri cannot be imported (a broken installation): exit code 1.
+
+    Raised before any output is written, naming the stage and the import error.
+    """

@@ -4,40 +4,36 @@
 layout on EEG datasets with many sidecars, and without its database), pairs EEG and
 BOLD recordings by (subject, session, task, run), attaches sidecars, events, channels,
 electrodes and the T1w of the session (or subject), and applies a ``--bids-filter-file``.
-The up-front integrity checks of every input file live in :mod:`bids_app.io.validate`.
+Every name goes through one entity parser (:func:`parse_entities`, :func:`label_problem`):
+labels are ASCII letters and digits as BIDS defines them; free text elsewhere (sidecar
+values, the dataset's own path) may be any unicode. Entries that cannot be read as files
+(directories with a file's name, broken symbolic links such as DataLad files whose
+content was never fetched) are attached to their run so the pre-flight names them.
+The up-front integrity checks of every input file live in :mod:`bids_app.io.preflight`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bids_app.errors import InputError
+from bids_app.io.entities import (
+    DATA_EXTENSIONS,
+    EEG_EXTENSIONS,
+    label_problem,
+    parse_entities,
+    unreadable_reason,
+)
 
 logger = logging.getLogger(__name__)
 
-#: EEG data formats in order of preference (NATVIEW: .set holds the data, .vhdr does not).
-EEG_EXTENSIONS: tuple[str, ...] = (".set", ".vhdr", ".edf", ".bdf", ".fif")
-_ENTITY = re.compile(r"([a-zA-Z]+)-([0-9a-zA-Z]+)")
 _FILTER_KEYS = {"subject": "sub", "session": "ses", "task": "task", "run": "run",
                 "acquisition": "acq", "recording": "recording", "echo": "echo"}
-
-
-def parse_entities(name: str) -> tuple[dict[str, str], str, str]:
-    """Split a BIDS filename into (entities, suffix, extension)."""
-    stem, _, ext = name.partition(".")
-    parts = stem.split("_")
-    entities: dict[str, str] = {}
-    for part in parts[:-1]:
-        match = _ENTITY.fullmatch(part)
-        if match:
-            entities[match.group(1)] = match.group(2)
-    return entities, parts[-1], "." + ext if ext else ""
 
 
 def _norm(label: str) -> str:
@@ -110,6 +106,8 @@ class RunFiles:
                 data = json.loads(Path(path).read_text())
             except (json.JSONDecodeError, UnicodeDecodeError) as err:
                 raise InputError(f"Sidecar {path} is not valid JSON ({err}).") from None
+            except OSError as err:
+                raise InputError(f"Sidecar {path} cannot be read ({err.strerror}).") from None
             if not isinstance(data, dict):
                 raise InputError(f"Sidecar {path} must hold a JSON object.")
             merged.update(data)
@@ -192,25 +190,51 @@ class BidsInput:
         if not self.root.is_dir():
             raise InputError(f"BIDS directory {self.root} does not exist.")
         description = self.root / "dataset_description.json"
+        if description.exists() or description.is_symlink():
+            if (reason := unreadable_reason(description)) is not None:
+                raise InputError(f"{description} {reason}.")
         if not description.is_file():
             raise InputError(
                 f"{self.root} is not a BIDS dataset (no dataset_description.json); "
                 "point bids_dir at the dataset root or run 'eegfmri convert natview' first."
             )
         try:
-            json.loads(description.read_text())
+            about = json.loads(description.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise InputError(f"{description} is not valid JSON ({err}).") from None
+        except OSError as err:
+            raise InputError(f"{description} cannot be read ({err.strerror}).") from None
+        if isinstance(about, dict) and str(about.get("DatasetType", "")).lower() == \
+                "derivative":
+            raise InputError(
+                f"{self.root} is a BIDS derivatives dataset (DatasetType 'derivative' in "
+                "dataset_description.json), not raw data; give the raw EEG-fMRI dataset as "
+                "bids_dir and fMRIPrep outputs with --fmriprep-dir."
+            )
         self._files: dict[str, list[tuple[dict[str, str], str, str, Path]]] = {}
+        self._unreadable: dict[str, list[tuple[dict[str, str], Path, str]]] = {}
+        self._bad_names: dict[str, list[tuple[Path, str]]] = {}
+        self._bad_subjects: list[tuple[Path, str]] = []
         for sub_dir in sorted(self.root.glob("sub-*")):
             if not sub_dir.is_dir():
                 continue
-            rows = []
+            problem = label_problem(sub_dir.name)
+            if problem:
+                self._bad_subjects.append((sub_dir, problem))
+                continue
+            subject = _strip(sub_dir.name, "sub")
+            rows, unreadable, bad = [], [], []
             for path in sorted(sub_dir.rglob("sub-*")):
-                if path.is_file() or path.suffix == ".ds":
-                    entities, suffix, ext = parse_entities(path.name)
+                entities, suffix, ext = parse_entities(path.name)
+                if (problem := label_problem(path.name)) is not None:
+                    bad.append((path, problem))
+                if path.is_file() or (path.suffix == ".ds" and path.is_dir()):
                     rows.append((entities, suffix, ext, path))
-            self._files[_strip(sub_dir.name, "sub")] = rows
+                elif ext in DATA_EXTENSIONS and (reason := unreadable_reason(path)):
+                    unreadable.append((entities, path, reason))
+            self._files[subject] = rows
+            self._unreadable[subject] = unreadable
+            self._bad_names[subject] = bad
 
     def subjects(self) -> list[str]:
         """Subject labels (without ``sub-``), sorted."""
@@ -226,6 +250,47 @@ class BidsInput:
                 f"existing labels: {', '.join(self.subjects()) or 'none'}."
             )
         return labels
+
+    def select_subjects(self, labels: Sequence[str] = ()) -> list[str]:
+        """Subjects of ``--participant-label`` (checked), else every subject.
+
+        Raises
+        ------
+        InputError
+            When a label is unknown, or when no label is given and a ``sub-*`` folder
+            has a label BIDS does not allow.
+        """
+        if labels:
+            return self.check_subjects(labels)
+        if self._bad_subjects:
+            folder, problem = self._bad_subjects[0]
+            raise InputError(f"Subject folder {folder} has an invalid name: {problem}; rename the "
+                             "folder and its files, or choose subjects with "
+                             "--participant-label.")
+        return self.subjects()
+
+    def check_labels(self, subjects: Sequence[str], sessions: Sequence[str] = (),
+                     tasks: Sequence[str] = ()) -> None:
+        """Raise InputError when a ``--session-label``/``--task-label`` matches nothing.
+
+        Parameters
+        ----------
+        subjects : sequence of str
+            Selected subjects (without ``sub-``).
+        sessions, tasks : sequence of str
+            Requested labels (with or without prefix).
+        """
+        for entity, option, wanted in (("ses", "--session-label", sessions),
+                                       ("task", "--task-label", tasks)):
+            existing = {ents[entity] for s in subjects for ents, *_ in self._files[s]
+                        if entity in ents}
+            unknown = [w for w in (_strip(w, entity) for w in wanted) if w not in existing]
+            if unknown:
+                where = ", ".join(f"sub-{s}" for s in subjects)
+                raise InputError(
+                    f"Option {option} {' '.join(unknown)} matches no {entity}-* label of "
+                    f"{where} in {self.root}; existing: {', '.join(sorted(existing)) or 'none'}."
+                )
 
     def _select(self, subject: str, suffix: str, exts: Sequence[str], datatype: str):
         return [
@@ -264,6 +329,9 @@ class BidsInput:
             Sorted by session, task, run; EEG-only recordings have ``bold=None``.
         """
         subject = self.check_subjects([subject])[0]
+        if self._bad_names[subject]:
+            path, problem = self._bad_names[subject][0]
+            raise InputError(f"File {path} has an invalid name: {problem}; rename it.")
         filters = filters or {}
         sessions = {_strip(s, "ses") for s in sessions}
         tasks = {_strip(t, "task") for t in tasks}
@@ -292,9 +360,12 @@ class BidsInput:
                 continue
             bold[key(ents)] = (ents, path)
 
+        broken = {key(ents): ents for ents, path, _ in self._unreadable[subject]
+                  if "task" in ents and path.parent.name in ("eeg", "func")
+                  and keep(ents, "bold" if path.parent.name == "func" else "eeg")}
         runs = []
-        for k in sorted(set(eeg) | set(bold)):
-            ents = dict((eeg.get(k) or bold[k])[0])
+        for k in sorted(set(eeg) | set(bold) | set(broken)):
+            ents = dict((eeg.get(k) or bold.get(k) or (broken[k], None))[0])
             entities = {e: ents[e] for e in ("sub", "ses", "task", "run") if e in ents}
             run = RunFiles(entities=entities)
             if k in eeg:
@@ -314,6 +385,16 @@ class BidsInput:
                                  or (run.extra["bold_sidecars"] or [None])[-1])
                 run.bold_events = self._sibling(run.bold, "events", ".tsv")
             run.events = run.bold_events or run.eeg_events
+            unreadable = {path: reason for path in run.extra.get("eeg_sidecars", [])
+                          + run.extra.get("bold_sidecars", [])
+                          if (reason := unreadable_reason(path))}
+            for ents_u, path, reason in self._unreadable[subject]:
+                query = "bold" if path.parent.name == "func" else "eeg"
+                same = (key(ents_u) == k if "task" in ents_u
+                        else ents_u.get("ses") == ents.get("ses"))
+                if same and keep({**ents, **ents_u}, query):
+                    unreadable[path] = reason
+            run.extra["unreadable"] = sorted(unreadable.items())
             t1w = self.t1w(subject, ents.get("ses"))
             t1w_ents = parse_entities(t1w.name)[0] if t1w else {}
             run.t1w = t1w if t1w and _matches(t1w_ents, filters.get("t1w")) else None

@@ -23,7 +23,7 @@ import numpy as np
 
 from bids_app import __version__
 from bids_app.errors import InputError
-from bids_app.io.validate import EEG_ONLY_TASKS, volume_marker_tolerance
+from bids_app.io.preflight import EEG_ONLY_TASKS, volume_marker_tolerance
 from bids_app.natview import convert_root
 from bids_app.natview.conversion_report import (
     BOLD_ONLY,
@@ -211,7 +211,7 @@ def run_status(task: str, markers: int | None, volumes: int | None) -> tuple[str
 
     A BOLD run whose EEG has no volume marker cannot be aligned with it: the EEG stays
     (EEG only), the BOLD is set aside. When the EEG has volume markers but more or fewer
-    than the participant level accepts (:func:`bids_app.io.validate.volume_marker_tolerance`),
+    than the participant level accepts (:func:`bids_app.io.preflight.volume_marker_tolerance`),
     which volumes they belong to is unknown: the run is set aside (skipped).
 
     Parameters

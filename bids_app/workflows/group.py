@@ -2,8 +2,9 @@
 
 The group level reads participant derivatives only (never the raw dataset's EEG/BOLD),
 so it needs a finished participant level in ``output_dir``. Each stage is imported
-lazily; a failed stage is logged with a crash file and the stages that do not depend on
-it still run (the report is written even when models or masking failed).
+before anything is written (a stage that cannot be imported stops the run, exit code 1);
+a failed stage is logged with a crash file and the stages that do not depend on it still
+run (the report is written even when models or masking failed).
 """
 
 from __future__ import annotations
@@ -13,7 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from bids_app.errors import InputError
-from bids_app.workflows.participant import LevelResult, call_stage, load_stage
+from bids_app.workflows.stages import (
+    LevelResult,
+    call_stage,
+    import_stages,
+    load_stage,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +28,8 @@ STAGES: dict[str, tuple[str, str]] = {
     "masking": ("bids_app.workflows.masking", "run_masking_workflow"),
     "group_report": ("bids_app.report.group", "write_group_report"),
 }
+#: Name part of the files the masking stage writes back into the subjects' folders.
+GROUP_WRITEBACK = "_desc-vaemask_"
 
 
 def check_group_inputs(config: Any) -> list[str]:
@@ -53,8 +61,42 @@ def check_group_inputs(config: Any) -> list[str]:
     return subjects
 
 
-def run_group_level(config: Any, *, stages: dict[str, Any] = STAGES
-                    ) -> LevelResult:
+def group_inputs(config: Any, subjects: list[str]) -> list[Path]:
+    """Files the group stages read: participant outputs of ``subjects`` and the videos.
+
+    The masking's own annotations written back into the subjects' folders
+    (``*_desc-vaemask_*``, :data:`GROUP_WRITEBACK`) are outputs of the group level, not
+    inputs, and are left out.
+    """
+    output_dir = Path(config.execution.output_dir)
+    files = [p for s in subjects for p in (output_dir / f"sub-{s}").rglob("*")
+             if p.is_file() and GROUP_WRITEBACK not in p.name]
+    if config.execution.stimuli_dir is not None:
+        files.extend(p for p in Path(config.execution.stimuli_dir).rglob("*") if p.is_file())
+    return files
+
+
+def prepare_group_level(config: Any, *, stages: dict[str, Any] = STAGES) -> list[str]:
+    """Pre-flight of the group level: import every stage, check participant outputs.
+
+    Returns
+    -------
+    list of str
+        Subjects with participant outputs (:func:`check_group_inputs`).
+
+    Raises
+    ------
+    InstallationError
+        A stage cannot be imported (exit code 1).
+    InputError
+        No participant outputs, or a stimulus video that does not decode (exit code 2).
+    """
+    import_stages(stages)
+    return check_group_inputs(config)
+
+
+def run_group_level(config: Any, *, stages: dict[str, Any] = STAGES,
+                    subjects: list[str] | None = None) -> LevelResult:
     """Train the models, run the masking analysis and write the group report.
 
     Parameters
@@ -63,6 +105,8 @@ def run_group_level(config: Any, *, stages: dict[str, Any] = STAGES
         Resolved configuration; ``execution.output_dir`` holds participant outputs.
     stages : dict
         Stage name -> (module, function) or a callable; None disables a stage.
+    subjects : list of str | None
+        Result of :func:`prepare_group_level` (made here when None).
 
     Returns
     -------
@@ -71,25 +115,47 @@ def run_group_level(config: Any, *, stages: dict[str, Any] = STAGES
     """
     from bids_app.io.derivatives import DerivativesWriter
 
-    subjects = check_group_inputs(config)
+    if subjects is None:
+        subjects = prepare_group_level(config, stages=stages)
+    from bids_app.workflows.checkpoint import Checkpoints, ignore_work_dir, stage_key
+
     output_dir = Path(config.execution.output_dir)
+    work_dir = Path(config.execution.work_dir or output_dir / "work").absolute()
     writer = DerivativesWriter(output_dir, config)
+    ignore_work_dir(writer, config)
     result = LevelResult()
     logger.info("Group level on %d subject(s): %s", len(subjects), ", ".join(subjects))
-    def run(name: str, *args: Any) -> Any:
-        """Run one stage if it is available; record it as run when it returns a result."""
+    checkpoints = Checkpoints(work_dir / "checkpoints" / "group", output_dir, (work_dir,))
+    keys: dict[str, str] = {}
+
+    def run(name: str, *args: Any, upstream: tuple[str, ...] = ()) -> Any:
+        """Run one stage if it is available; record it as run when it returns a result.
+
+        ``upstream`` names the checkpointed stages whose results it consumes; a stage
+        without ``upstream`` reads the participant outputs.
+        """
         func = load_stage(name, stages, result.stages_unavailable)
         if func is None:
             return None
-        out = call_stage(name, func, args, label="group", output_dir=output_dir,
-                         failures=result.failures)
+        inputs = () if upstream else group_inputs(config, subjects)
+        keys[name] = stage_key(name, func, "group", config, inputs,
+                               upstream=[keys[u] for u in upstream])
+        out = call_stage(name, checkpoints.run, (f"group-{name}", keys[name], func, *args),
+                         label="group", output_dir=output_dir, failures=result.failures)
         if out is not None:
             result.stages_run.add(name)
         return out
 
     models = run("models", output_dir, config, writer)
-    masking = run("masking", models, config, writer) if models is not None else None
-    path = run("group_report", models, masking, config, writer)
+    masking = (run("masking", models, config, writer, upstream=("models",))
+               if models is not None else None)
+    func = load_stage("group_report", stages, result.stages_unavailable)
+    path = None
+    if func is not None:  # always rebuilt: cheap, and it lists what the others did
+        path = call_stage("group_report", func, (models, masking, config, writer),
+                          label="group", output_dir=output_dir, failures=result.failures)
+        if path is not None:
+            result.stages_run.add("group_report")
     if path is not None:
         result.reports.append(Path(path))
     logger.info("Group level done: stages run: %s; unavailable: %s; %d failure(s).",

@@ -5,130 +5,46 @@ fMRI workflow of a run are independent, coupling needs both, and the subject's H
 report gathers every run. A failure in one stage of one run is logged, its traceback
 saved to ``logs/crash-sub-<sub>-<run>-<stage>.txt``, recorded in the run's
 :class:`RunOutcome`, and every other run and subject goes on (exit code 1).
+
+Before anything is written, :func:`prepare_participant_level` imports every stage, runs
+the BIDS validator and pre-flights every input file of the selection
+(:mod:`bids_app.io.preflight`). The EEG, fMRI and coupling stages of each run are
+checkpointed in ``WORK_DIR/checkpoints/sub-<sub>/`` (:mod:`bids_app.workflows.checkpoint`),
+so an interrupted run resumes where it stopped.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import logging
-import time
-import traceback
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bids_app.errors import EegfmriError, InputError
+from bids_app.errors import InputError
 from bids_app.io.bids import BidsInput, RunFiles, load_filter_file
 from bids_app.utils import limit_threads
+from bids_app.workflows.stages import (
+    Failure,
+    LevelResult,
+    RunOutcome,
+    call_stage,
+    crash_file,
+    import_stages,
+    load_stage,
+)
 
 logger = logging.getLogger(__name__)
 
-#: stage name -> (module, function) imported lazily so a missing stage never blocks others.
+#: stage name -> (module, function); every stage is imported before the run writes anything.
 STAGES: dict[str, tuple[str, str]] = {
     "eeg": ("bids_app.workflows.eeg", "run_eeg_workflow"),
     "fmri": ("bids_app.workflows.fmri", "run_fmri_workflow"),
     "coupling": ("bids_app.workflows.coupling", "run_coupling_workflow"),
     "report": ("bids_app.report.participant", "write_participant_report"),
 }
-
-
-@dataclass
-class Failure:
-    """One failed stage: where, why, and the file holding the traceback."""
-
-    stage: str
-    message: str
-    crash_file: Path | None = None
-
-
-@dataclass
-class RunOutcome:
-    """What happened to one run: results of each stage (None when not run) and failures."""
-
-    run: RunFiles
-    eeg: Any = None
-    fmri: Any = None
-    coupling: Any = None
-    failures: list[Failure] = field(default_factory=list)
-    stages_run: list[str] = field(default_factory=list)
-
-    @property
-    def entities(self) -> dict[str, str]:
-        """BIDS entities of the run (sub, ses, task, run)."""
-        return self.run.entities
-
-    @property
-    def ok(self) -> bool:
-        """True when no stage failed."""
-        return not self.failures
-
-
-@dataclass
-class LevelResult:
-    """Summary of one analysis level, used by the CLI and the demo."""
-
-    outcomes: dict[str, list[RunOutcome]] = field(default_factory=dict)
-    reports: list[Path] = field(default_factory=list)
-    failures: list[Failure] = field(default_factory=list)
-    stages_run: set[str] = field(default_factory=set)
-    stages_unavailable: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def exit_code(self) -> int:
-        """0 when everything that ran succeeded, 1 when something failed."""
-        return 1 if self.failures else 0
-
-
-def load_stage(name: str, stages: dict[str, Any],
-               unavailable: dict[str, str]) -> Callable[..., Any] | None:
-    """Import a stage function lazily; record why it is unavailable instead of failing.
-
-    ``stages[name]`` is ``(module, function)`` or a callable (used as is).
-    """
-    if name in unavailable or stages.get(name) is None:
-        unavailable.setdefault(name, "disabled")
-        return None
-    if callable(stages[name]):
-        return stages[name]
-    module_name, func_name = stages[name]
-    try:
-        return getattr(importlib.import_module(module_name), func_name)
-    except Exception as err:  # a missing or broken stage must not stop the others
-        reason = f"{type(err).__name__}: {err}"
-        unavailable[name] = reason
-        logger.warning("Stage '%s' (%s.%s) is unavailable, so it is not run: %s", name,
-                       module_name, func_name, reason)
-        return None
-
-
-def crash_file(output_dir: Path, name: str) -> Path:
-    """Write the current exception's traceback to ``output_dir/logs/crash-<name>.txt``."""
-    path = Path(output_dir) / "logs" / f"crash-{name}.txt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(traceback.format_exc())
-    return path
-
-
-def call_stage(stage: str, func: Callable[..., Any], args: tuple, *, label: str,
-               output_dir: Path, failures: list[Failure]) -> Any:
-    """Run one stage; on error log it, save a crash file, append a Failure, return None."""
-    tic = time.perf_counter()
-    try:
-        value = func(*args)
-        logger.info("Stage '%s' of %s done in %.1f s.", stage, label, time.perf_counter() - tic)
-        return value
-    except Exception as err:
-        path = crash_file(output_dir, f"{label}-{stage}")
-        text = str(err) if isinstance(err, EegfmriError) else f"{type(err).__name__}: {err}"
-        message = (text.splitlines() or [type(err).__name__])[0]
-        logger.error("Stage '%s' failed on %s (%s); traceback in %s", stage, label,
-                     message, path)
-        failures.append(Failure(stage, message, path))
-        return None
 
 
 def _replaced(obj: Any, **values: Any) -> Any:
@@ -174,6 +90,25 @@ def release_memory(outcome: RunOutcome, writer: Any) -> None:
                 break
 
 
+@dataclass
+class Selection:
+    """What the pre-flight of the participant level found: runs to process and refused.
+
+    Attributes
+    ----------
+    layout : BidsInput
+        The indexed input dataset.
+    runs : dict
+        Subject -> runs whose files passed :func:`bids_app.io.preflight.check_run`.
+    rejected : list of (RunFiles, str)
+        Runs with a broken input file and the sentence saying why.
+    """
+
+    layout: BidsInput
+    runs: dict[str, list[RunFiles]]
+    rejected: list[tuple[RunFiles, str]]
+
+
 def collect_runs(layout: BidsInput, config: Any) -> tuple[dict[str, list[RunFiles]],
                                                           list[tuple[RunFiles, str]]]:
     """Select the runs of every requested subject and check their files up front.
@@ -181,22 +116,23 @@ def collect_runs(layout: BidsInput, config: Any) -> tuple[dict[str, list[RunFile
     Returns
     -------
     runs : dict
-        Subject -> runs whose files passed :func:`bids_app.io.validate.check_run`.
+        Subject -> runs whose files passed :func:`bids_app.io.preflight.check_run`.
     rejected : list of (RunFiles, str)
         Runs with a broken input file and the sentence saying why.
 
     Raises
     ------
     InputError
-        When nothing is left to process (no EEG, no BOLD, or every run broken).
+        When a label matches nothing, or nothing is left to process (no EEG, no BOLD,
+        or every run broken).
     """
-    from bids_app.io.validate import check_run
+    from bids_app.io.preflight import check_run
 
     execution = config.execution
-    subjects = (layout.check_subjects(execution.participant_label)
-                if execution.participant_label else layout.subjects())
+    subjects = layout.select_subjects(execution.participant_label)
     if not subjects:
         raise InputError(f"BIDS dataset {layout.root} has no sub-* folders.")
+    layout.check_labels(subjects, execution.session_label, execution.task_label)
     filters = load_filter_file(execution.bids_filter_file) if execution.bids_filter_file \
         else None
     selected = {s: layout.runs(s, execution.session_label, execution.task_label, filters)
@@ -206,28 +142,68 @@ def collect_runs(layout: BidsInput, config: Any) -> tuple[dict[str, list[RunFile
     if not every:
         raise InputError(f"{where} has no EEG or BOLD recordings matching the selection "
                          f"(subjects {', '.join(subjects)}).")
-    if not any(r.eeg for r in every):
-        raise InputError(f"{where} has no EEG recordings (eeg/*_eeg.set|vhdr|edf) in the "
-                         "selection; eegfmri needs EEG recorded with fMRI.")
-    if not any(r.bold for r in every):
-        raise InputError(f"{where} has no BOLD runs (func/*_bold.nii.gz) in the selection; "
-                         "eegfmri needs fMRI recorded with the EEG.")
+    if not any(r.extra.get("unreadable") for r in every):
+        if not any(r.eeg for r in every):
+            raise InputError(f"{where} has no EEG recordings (eeg/*_eeg.set|vhdr|edf) in "
+                             "the selection; eegfmri needs EEG recorded with fMRI.")
+        if not any(r.bold for r in every):
+            raise InputError(f"{where} has no BOLD runs (func/*_bold.nii.gz) in the "
+                             "selection; eegfmri needs fMRI recorded with the EEG.")
     runs: dict[str, list[RunFiles]] = {}
     rejected: list[tuple[RunFiles, str]] = []
     for subject, subject_runs in selected.items():
         runs[subject] = []
         for run in subject_runs:
-            problems = check_run(run, config)
+            problems = check_run(run, config, layout.root)
             if problems:
-                for problem in problems:
-                    logger.error("Input check failed for %s: %s", run.run_id, problem)
                 rejected.append((run, problems[0]))
             else:
                 runs[subject].append(run)
     if not any(runs.values()):
-        more = f" ({len(rejected) - 1} more problems in the log)" if len(rejected) > 1 else ""
+        for run, problem in rejected[1:]:
+            logger.error("Input check failed for %s: %s", run.run_id, problem)
+        more = (f" ({len(rejected) - 1} more problems listed above)" if len(rejected) > 1
+                else "")
         raise InputError(rejected[0][1].rstrip(".") + more + ".")
     return runs, rejected
+
+
+def prepare_participant_level(config: Any, *, stages: dict[str, Any] = STAGES
+                              ) -> Selection:
+    """Pre-flight of the participant level, before any output is written.
+
+    Imports every stage, runs the BIDS validator (unless ``--skip-bids-validation``) and
+    checks every input file of the selection (:func:`collect_runs`).
+
+    Raises
+    ------
+    InstallationError
+        A stage cannot be imported (exit code 1).
+    InputError
+        Invalid dataset or no processable run (exit code 2).
+    """
+    from bids_app.io.validate import validate_bids_dir
+
+    import_stages(stages)
+    layout = BidsInput(config.execution.bids_dir)
+    layout.select_subjects(config.execution.participant_label)  # labels before validator
+    if config.execution.skip_bids_validation:
+        logger.info("BIDS validation skipped (--skip-bids-validation).")
+    else:
+        validate_bids_dir(layout.root)
+    runs, rejected = collect_runs(layout, config)
+    return Selection(layout, runs, rejected)
+
+
+def run_inputs(run: RunFiles) -> list[Path]:
+    """Every input file a run's stages read: data files with their companions, sidecars."""
+    paths = [run.eeg, run.bold, run.bold_json, run.events, run.t1w, run.eeg_sidecar,
+             run.channels, run.electrodes, run.eeg_events, run.bold_events, run.coordsystem,
+             *run.extra.get("eeg_sidecars", []), *run.extra.get("bold_sidecars", [])]
+    for data in (run.eeg, run.bold):
+        if data is not None:  # e.g. the .eeg and .vmrk of a .vhdr, the .fdt of a .set
+            paths.extend(data.parent.glob(data.name.split(".", 1)[0] + ".*"))
+    return [Path(p) for p in paths if p is not None]
 
 
 def run_subject(subject: str, runs: list[RunFiles], config: Any, writer: Any,
@@ -239,9 +215,13 @@ def run_subject(subject: str, runs: list[RunFiles], config: Any, writer: Any,
     passed to the report so it lists them.
     """
     from bids_app.utils import progress
+    from bids_app.workflows.checkpoint import Checkpoints, stage_key
 
     output_dir = Path(config.execution.output_dir)
-    work_dir = Path(config.execution.work_dir or output_dir / "work") / f"sub-{subject}"
+    work_root = Path(config.execution.work_dir or output_dir / "work")
+    work_dir = work_root / f"sub-{subject}"
+    checkpoints = Checkpoints(work_root / "checkpoints" / f"sub-{subject}",
+                              output_dir / f"sub-{subject}")
     outcomes = list(rejected or [])
     for run in progress(runs, desc=f"sub-{subject}", unit="run"):
         outcome = RunOutcome(run=run)
@@ -255,20 +235,26 @@ def run_subject(subject: str, runs: list[RunFiles], config: Any, writer: Any,
             plan.append(("eeg", (run, config, writer)))
         if run.bold is not None:
             plan.append(("fmri", (run, config, writer, work_dir)))
+        keys: dict[str, str] = {}
         for stage, args in plan:
             func = load_stage(stage, stages, result.stages_unavailable)
             if func is None:
                 continue
-            value = call_stage(stage, func, args, label=label, output_dir=output_dir,
-                               failures=outcome.failures)
+            keys[stage] = stage_key(stage, func, label, config, run_inputs(run))
+            value = call_stage(stage, checkpoints.run,
+                               (f"{label}-{stage}", keys[stage], func, *args), label=label,
+                               output_dir=output_dir, failures=outcome.failures)
             setattr(outcome, stage, value)
             if value is not None:
                 outcome.stages_run.append(stage)
         if outcome.eeg is not None and outcome.fmri is not None:
             func = load_stage("coupling", stages, result.stages_unavailable)
             if func is not None:
+                key = stage_key("coupling", func, label, config, (),
+                                upstream=(keys["eeg"], keys["fmri"]))
                 outcome.coupling = call_stage(
-                    "coupling", func, (run, outcome.eeg, outcome.fmri, config, writer),
+                    "coupling", checkpoints.run, (f"{label}-coupling", key, func, run,
+                                                  outcome.eeg, outcome.fmri, config, writer),
                     label=label, output_dir=output_dir, failures=outcome.failures)
                 if outcome.coupling is not None:
                     outcome.stages_run.append("coupling")
@@ -287,9 +273,9 @@ def run_subject(subject: str, runs: list[RunFiles], config: Any, writer: Any,
     return outcomes
 
 
-def run_participant_level(config: Any, *, stages: dict[str, Any] = STAGES
-                          ) -> LevelResult:
-    """Validate the input, check every run's files, then process each subject.
+def run_participant_level(config: Any, *, stages: dict[str, Any] = STAGES,
+                          selection: Selection | None = None) -> LevelResult:
+    """Process each subject of a pre-flight :class:`Selection` (made here when None).
 
     Parameters
     ----------
@@ -297,6 +283,8 @@ def run_participant_level(config: Any, *, stages: dict[str, Any] = STAGES
         Resolved configuration (``execution.bids_dir``/``output_dir`` set).
     stages : dict
         Stage name -> (module, function) or a callable; None disables a stage.
+    selection : Selection | None
+        Result of :func:`prepare_participant_level`.
 
     Returns
     -------
@@ -309,17 +297,17 @@ def run_participant_level(config: Any, *, stages: dict[str, Any] = STAGES
         Invalid dataset or no processable run (exit code 2).
     """
     from bids_app.io.derivatives import DerivativesWriter
-    from bids_app.io.validate import validate_bids_dir
     from bids_app.utils import progress
+    from bids_app.workflows.checkpoint import ignore_work_dir
 
     execution = config.execution
-    layout = BidsInput(execution.bids_dir)
-    if execution.skip_bids_validation:
-        logger.info("BIDS validation skipped (--skip-bids-validation).")
-    else:
-        validate_bids_dir(layout.root)
-    runs, rejected = collect_runs(layout, config)
+    if selection is None:
+        selection = prepare_participant_level(config, stages=stages)
+    layout, runs, rejected = selection.layout, selection.runs, selection.rejected
+    for run, problem in rejected:
+        logger.error("Input check failed for %s: %s", run.run_id, problem)
     writer = DerivativesWriter(execution.output_dir, config, bids_dir=layout.root)
+    ignore_work_dir(writer, config)
     result = LevelResult()
     broken = {subject: [RunOutcome(run=run, failures=[Failure("input", problem)])
                         for run, problem in rejected if run.entities["sub"] == subject]

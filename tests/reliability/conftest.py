@@ -14,7 +14,7 @@ import mne
 import pytest
 from bidstree import make_bids_tree
 
-from bids_app.io.validate import read_eeg
+from bids_app.io.integrity import read_eeg
 from bids_app.workflows import group as group_wf
 from bids_app.workflows import participant as part_wf
 

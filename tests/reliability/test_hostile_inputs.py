@@ -124,7 +124,7 @@ def marker_mismatch(root):
 
 
 def eeg_shorter_than_bold(root):
-    write_eeg(_eeg(root), n_vols=8, tr=1.0, extra_s=0.5)
+    write_eeg(_eeg(root), n_vols=7, n_markers=8, extra_s=0.5)  # 15.7 s for 16.8 s of BOLD
     return "shorter than BOLD"
 
 

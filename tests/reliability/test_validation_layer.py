@@ -13,13 +13,8 @@ from bidstree import make_bids_tree
 
 from bids_app.errors import InputError
 from bids_app.io import validate
-from bids_app.io.validate import (
-    ValidationResult,
-    check_brainvision_header,
-    check_events,
-    check_nifti,
-    run_validator,
-)
+from bids_app.io.integrity import check_events, check_nifti, read_brainvision_header
+from bids_app.io.validate import ValidationResult, run_validator
 
 
 def test_validator_missing_broken_or_hanging(tmp_path, monkeypatch):
@@ -88,6 +83,11 @@ def test_events_and_header_edge_cases(tmp_path):
                     "DataFile=x.eeg\nMarkerFile=x.vmrk\n")
     (tmp_path / "x.eeg").write_bytes(b"")
     with pytest.raises(InputError, match="points to MarkerFile x.vmrk"):
-        check_brainvision_header(vhdr)
+        read_brainvision_header(vhdr)
     (tmp_path / "x.vmrk").write_text("")
-    check_brainvision_header(vhdr)
+    with pytest.raises(InputError, match="has SamplingInterval=None; it must be"):
+        read_brainvision_header(vhdr)
+    vhdr.write_text(vhdr.read_text() + "SamplingInterval=200\nNumberOfChannels=1\n"
+                    "[Channel Infos]\n; comment\nCh1=Cz,,0.1,µV\n")
+    sections = read_brainvision_header(vhdr)
+    assert sections["Channel Infos"] == {"Ch1": "Cz,,0.1,µV"}

@@ -16,7 +16,7 @@ from bidstree import make_bids_tree, write_eeg  # noqa: E402
 from bids_app.config import Config  # noqa: E402
 from bids_app.errors import InputError  # noqa: E402
 from bids_app.io.bids import BidsInput, load_filter_file, parse_entities  # noqa: E402
-from bids_app.io.validate import check_run  # noqa: E402
+from bids_app.io.preflight import check_run  # noqa: E402
 
 
 @pytest.fixture(scope="module")

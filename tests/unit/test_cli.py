@@ -115,7 +115,8 @@ def test_parallel_subjects_match_sequential(tree, tmp_path, stages):
                      "--nprocs", str(nprocs)]) == 1
     files = {}
     for out in (tmp_path / "seq", tmp_path / "par"):
-        found = sorted(p for p in out.rglob("sub-*/**/*") if p.is_file())
+        found = sorted(p for p in out.rglob("sub-*/**/*")
+                       if p.is_file() and p.relative_to(out).parts[0] != "work")
         files[out.name] = {p.relative_to(out): p.read_bytes() for p in found}
     assert files["seq"] == files["par"] and len(files["seq"]) == 12
     assert (tmp_path / "par" / "logs" / "crash-sub-02_ses-01_task-tp_run-01-eeg.txt").exists()
@@ -149,17 +150,20 @@ def test_participant_then_group(tree, tmp_path, stages, monkeypatch):
     assert (out / "group.html").exists()
 
 
-def test_unavailable_stage_is_reported(tree, tmp_path, monkeypatch, caplog):
+def test_unimportable_stage_stops_the_run_before_any_output(tree, tmp_path, monkeypatch,
+                                                            capsys):
     monkeypatch.setitem(part_wf.STAGES, "eeg", ("bids_app.no_such_module", "run"))
     monkeypatch.setitem(part_wf.STAGES, "fmri", None)
     monkeypatch.setitem(part_wf.STAGES, "report", None)
-    from bids_app.config import Config
-
-    config = Config().replace("execution", bids_dir=tree, output_dir=tmp_path / "o",
-                              participant_label=("01",), skip_bids_validation=True)
-    result = part_wf.run_participant_level(config)
-    assert result.exit_code == 0 and result.stages_run == set()
-    assert "No module named 'bids_app.no_such_module'" in result.stages_unavailable["eeg"]
+    out = tmp_path / "o"
+    code = main([str(tree), str(out), "participant", "--participant-label", "01",
+                 "--skip-bids-validation", "-q"])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 1
+    assert last.startswith("eegfmri: error: Stage 'eeg' cannot be imported "
+                           "(bids_app.no_such_module.run: ModuleNotFoundError"), last
+    assert "reinstall eegfmri" in last
+    assert not out.exists()
 
 
 def test_subcommands_dispatch(tmp_path, monkeypatch, capsys):

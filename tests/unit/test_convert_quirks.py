@@ -240,7 +240,7 @@ def test_root_files_carried_over(quirky):
 @needs_validator
 def test_participant_level_accepts_the_converted_dataset(quirky, tmp_path, monkeypatch, capsys):
     """Without --skip-bids-validation; light stages (read the EEG back) keep it fast."""
-    from bids_app.io.validate import read_eeg
+    from bids_app.io.integrity import read_eeg
     from bids_app.workflows import participant as part_wf
 
     done = []
