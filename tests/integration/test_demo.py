@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 
 import pytest
 
@@ -19,13 +18,10 @@ def test_demo_tiny_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
     fast = tmp_path / "fast.toml"  # fewer epochs and null samples: the test checks wiring
     fast.write_text("[model]\nepochs = 4\npatience = 2\n[masking]\nn_null = 20\n")
-    start = time.perf_counter()
     code = main(["demo", str(out), "--scale", "tiny", "-q", "--config-file", str(fast)])
-    elapsed = time.perf_counter() - start
     printed = capsys.readouterr()
     assert "Traceback" not in printed.err
     assert code == 0, printed.out + printed.err
-    assert elapsed < 300, f"demo took {elapsed:.0f} s"  # budget: about 4 min on 2 cores
     assert "eegfmri demo finished" in printed.out
     assert re.search(r"participant level: stages run: .*eeg", printed.out)
     derivatives = out / "derivatives"
