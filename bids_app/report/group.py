@@ -67,6 +67,26 @@ def _learning_curves(models: Any, writer: Any) -> tuple[list, list]:
     return rows, figs
 
 
+def _baseline_rows(models: Any) -> tuple[list, list[str]]:
+    """Every held-out metric of VAE-1 and VAE-2 beside each of its baselines.
+
+    Returns the table rows (model, metric, model value, baseline, baseline value, margin)
+    and one plain sentence per model claim that the model does not beat every baseline.
+    """
+    rows, not_beaten = [], []
+    for name in ("vae1", "vae2"):
+        label = name.upper().replace("VAE", "VAE-")
+        for claim in getattr(models, "metrics", {}).get(name, {}).get("baseline_comparison", []):
+            for base, value in claim["baselines"].items():
+                rows.append((label, claim["metric"], float(f"{claim['value']:.4g}"), base,
+                             float(f"{value:.4g}"), float(f"{claim['value'] - value:+.3g}")))
+            if not claim["beats_all_baselines"]:
+                not_beaten.append(f"{label} does not beat the {claim['best_baseline']} on "
+                                  f"{claim['metric']} ({claim['value']:.4g} vs "
+                                  f"{claim['baselines'][claim['best_baseline']]:.4g}).")
+    return rows, not_beaten
+
+
 def _timelines(models: Any, masking: Any, writer: Any, max_runs: int = 6) -> list:
     stamps = masking.timestamps
     stim = masking.head("eeg", "vae2", "stimulus")
@@ -140,6 +160,7 @@ def write_group_report(models: Any, masking: Any, config: Any, writer: Any) -> P
     ctx: dict[str, Any] = {"n_windows": 0, "n_runs": 0, "models_rows": [], "curve_figures": [],
                            "counts": [], "annotated": [], "feature_rows": [],
                            "timeline_figures": [], "voxel_figures": [], "voxel_rows": [],
+                           "baseline_rows": [], "not_beaten": [],
                            "voxel_columns": (), "level": config.masking.fdr_q,
                            "methods": METHODS}
     if models is None:
@@ -148,6 +169,7 @@ def write_group_report(models: Any, masking: Any, config: Any, writer: Any) -> P
         ctx["n_windows"] = len(models.windows)
         ctx["n_runs"] = len(np.unique(models.windows.run_labels()))
         ctx["models_rows"], ctx["curve_figures"] = _learning_curves(models, writer)
+        ctx["baseline_rows"], ctx["not_beaten"] = _baseline_rows(models)
     if masking is None:
         failures.append("The masking stage did not run or failed.")
     else:
