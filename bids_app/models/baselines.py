@@ -137,6 +137,7 @@ def fit_ridge(
     y_val: np.ndarray,
     *,
     lambdas: Sequence[float] = LAMBDA_GRID,
+    target_block: int = 2048,
 ) -> RidgeFit:
     """Ridge regression with the penalty of each target chosen on validation windows.
 
@@ -153,6 +154,8 @@ def fit_ridge(
         The same for the validation windows.
     lambdas : sequence of float
         Penalties relative to the number of training windows.
+    target_block : int
+        Targets scored at once on the validation windows (memory).
 
     Returns
     -------
@@ -174,10 +177,13 @@ def fit_ridge(
     penalties = np.asarray(lambdas, dtype=np.float64) * len(xs)
     best_sse = np.full(y_train.shape[1], np.inf)
     best = np.zeros(y_train.shape[1], dtype=int)
-    for i, lam in enumerate(penalties):
-        sse = ((xv_v @ (uty * (s / (s**2 + lam))[:, None]) - yv) ** 2).sum(0)
-        better = sse < best_sse
-        best[better], best_sse[better] = i, sse[better]
+    for start in range(0, y_train.shape[1], target_block):  # bounded memory over voxels
+        cols = slice(start, start + target_block)
+        for i, lam in enumerate(penalties):
+            pred = xv_v @ (uty[:, cols] * (s / (s**2 + lam))[:, None])
+            sse = ((pred - yv[:, cols]) ** 2).sum(0)
+            better = start + np.flatnonzero(sse < best_sse[cols])
+            best[better], best_sse[better] = i, sse[better - start]
     shrink = s[:, None] / (s[:, None] ** 2 + penalties[best][None, :])  # (k, m)
     coef = vt.T @ (uty * shrink)
     return RidgeFit(x_mean, x_scale, y_mean, coef, penalties[best], best_sse)
@@ -207,8 +213,8 @@ def fit_eeg_to_fmri_ridge(
     arrays : mapping
         ``{"eeg" (n, C, T), "fmri" (n, V)}`` window arrays (memory maps are fine).
     train_idx, val_idx : numpy.ndarray
-        Training windows (fit; at most ``max_windows``, drawn with ``seed``) and
-        validation windows (penalty per voxel).
+        Training windows (fit) and validation windows (penalty per voxel); at most
+        ``max_windows`` of each, drawn with ``seed``.
     sfreq : float | None
         Window sampling rate (bands, :func:`band_edges`).
     n_subwindows : int
@@ -222,7 +228,7 @@ def fit_eeg_to_fmri_ridge(
         ``predict(eeg)``: fMRI ``(n, V)`` predicted from EEG windows ``(n, C, T)``.
     """
     train = _subsample(train_idx, max_windows, seed)
-    val = np.sort(np.asarray(val_idx))
+    val = _subsample(val_idx, max_windows, seed)
 
     def features(idx: np.ndarray) -> np.ndarray:
         return band_power_features(arrays["eeg"][idx], sfreq, n_subwindows=n_subwindows)
@@ -271,7 +277,7 @@ def fit_stimulus_ridge(
         The input set chosen per feature (one of :data:`STIMULUS_INPUTS`, or ``""``).
     """
     train = _subsample(train_idx, max_windows, seed)
-    val = np.sort(np.asarray(val_idx))
+    val = _subsample(val_idx, max_windows, seed)
 
     def inputs(idx: np.ndarray) -> dict[str, np.ndarray]:
         eeg = band_power_features(arrays["eeg"][idx], sfreq, n_subwindows=n_subwindows)

@@ -82,6 +82,9 @@ def test_ridge_equals_closed_form_with_validation_penalty():
     assert np.abs(fit.coef[5]).max() < 1e-12  # the constant input gets no weight
     assert fit.lambdas[0] < fit.lambdas[2]  # no signal: the strongest penalty wins
     np.testing.assert_allclose(fit.predict(x[n:]), xv @ fit.coef + y[:n].mean(0))
+    blocked = fit_ridge(x[:n], y[:n], x[n:], y[n:], lambdas=grid, target_block=2)
+    np.testing.assert_array_equal(blocked.lambdas, fit.lambdas)
+    np.testing.assert_allclose(blocked.coef, fit.coef, atol=1e-12)
 
 
 def test_stimulus_ridge_chooses_inputs_and_skips_unobserved():
