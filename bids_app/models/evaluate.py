@@ -412,7 +412,7 @@ def baseline_comparison(model: str, metrics: Mapping[str, Any]) -> list[dict[str
         ridge = metrics.get("ridge_features", {})
         for name, score in metrics.get("features", {}).items():
             if name in ridge:
-                claims.append((f"r, {name} (held-out runs)", score["r"],
+                claims.append((f"{name}: r", score["r"],
                                {"band-power ridge": ridge[name]["r"]}))
         if "ridge_mean_r" in metrics:
             claims.append(("mean r over features", metrics["mean_r"],
