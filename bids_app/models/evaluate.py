@@ -293,7 +293,9 @@ def evaluate_vae2(
     dict
         ``features`` -> ``{"r", "p"}`` per feature (observed windows only), ``mean_r``;
         with the ridge also ``ridge_features`` (``{"r", "p", "inputs"}``),
-        ``ridge_mean_r``; and ``baseline_comparison``.
+        ``ridge_mean_r`` and ``ridge_missing`` (features VAE-2 is scored on that have no
+        ridge: not observed in at least 5 training and 2 validation windows); and
+        ``baseline_comparison``.
     """
     test_idx = np.asarray(test_idx)
     pred = predict(model, arrays, test_idx)["stimulus_mean"]
@@ -310,6 +312,7 @@ def evaluate_vae2(
             if name in scores:
                 scores[name]["inputs"] = chosen
         out["ridge_features"], out["ridge_mean_r"] = scores, _mean_r(scores)
+        out["ridge_missing"] = sorted(set(out["features"]) - set(scores))
     out["n_test_windows"] = int(len(test_idx))
     out["baseline_comparison"] = baseline_comparison("vae2", out)
     return out
@@ -410,13 +413,14 @@ def baseline_comparison(model: str, metrics: Mapping[str, Any]) -> list[dict[str
                                {name: metrics[k] for k, name in base.items() if k in metrics}))
     else:
         ridge = metrics.get("ridge_features", {})
-        for name, score in metrics.get("features", {}).items():
-            if name in ridge:
-                claims.append((f"{name}: r", score["r"],
-                               {"band-power ridge": ridge[name]["r"]}))
-        if "ridge_mean_r" in metrics:
-            claims.append(("mean r over features", metrics["mean_r"],
-                           {"band-power ridge": metrics["ridge_mean_r"]}))
+        both = [name for name in metrics.get("features", {}) if name in ridge]
+        for name in both:
+            claims.append((f"{name}: r", metrics["features"][name]["r"],
+                           {"band-power ridge": ridge[name]["r"]}))
+        if len(both) > 1:  # the mean over the features both are scored on
+            claims.append(("mean r over features",
+                           float(np.mean([metrics["features"][n]["r"] for n in both])),
+                           {"band-power ridge": float(np.mean([ridge[n]["r"] for n in both]))}))
     rows = []
     for label, value, base in claims:
         finite = {k: float(v) for k, v in base.items() if v is not None and np.isfinite(v)}

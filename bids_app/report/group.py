@@ -71,7 +71,8 @@ def _baseline_rows(models: Any) -> tuple[list, list[str]]:
     """Every held-out metric of VAE-1 and VAE-2 beside each of its baselines.
 
     Returns the table rows (model, metric, model value, baseline, baseline value, margin)
-    and one plain sentence per model claim that the model does not beat every baseline.
+    and one plain sentence per model claim that the model does not beat every baseline
+    (or that has no ridge baseline).
     """
     rows, not_beaten = [], []
     for name in ("vae1", "vae2"):
@@ -84,6 +85,11 @@ def _baseline_rows(models: Any) -> tuple[list, list[str]]:
                 not_beaten.append(f"{label} does not beat the {claim['best_baseline']} on "
                                   f"{claim['metric']} ({claim['value']:.4g} vs "
                                   f"{claim['baselines'][claim['best_baseline']]:.4g}).")
+        missing = getattr(models, "metrics", {}).get(name, {}).get("ridge_missing", [])
+        if missing:
+            not_beaten.append(f"{label} has no band-power ridge baseline for "
+                              f"{', '.join(missing)}: not observed in enough training and "
+                              "validation windows, so no claim is made for them.")
     return rows, not_beaten
 
 

@@ -134,10 +134,14 @@ def test_comparison_rows_say_where_a_model_does_not_win():
     r_row = rows["mean voxel r, fMRI from EEG alone"]
     assert list(r_row["baselines"]) == ["VAE-1 on shuffled EEG"]
     vae2 = {"features": {"lum": {"r": 0.4, "p": 0.01}, "mot": {"r": 0.2, "p": 0.1}},
-            "ridge_features": {"lum": {"r": 0.5, "p": 0.01}, "mot": {"r": 0.1, "p": 0.2}},
-            "mean_r": 0.3, "ridge_mean_r": 0.3}  # fmt: skip
+            "ridge_features": {"lum": {"r": 0.5, "p": 0.01}, "mot": {"r": 0.15, "p": 0.2}},
+            "mean_r": 0.3, "ridge_mean_r": 0.325}  # fmt: skip
     rows2 = baseline_comparison("vae2", vae2)
-    assert [r["beats_all_baselines"] for r in rows2] == [False, True, False]  # tie: no win
+    assert [r["beats_all_baselines"] for r in rows2] == [False, True, False]  # mean 0.3 < 0.325
+    # a feature without a ridge leaves the mean over the features both are scored on
+    vae2["ridge_features"].pop("mot")
+    rows3 = baseline_comparison("vae2", vae2)
+    assert [r["metric"] for r in rows3] == ["lum: r"]
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +200,8 @@ def test_group_report_lists_every_baseline(tmp_path):
             "r_eeg_to_fmri": 0.57, "r_ridge_eeg_to_fmri": 0.588, "r_pca_eeg_to_fmri": 0.0}
     vae2 = {"features": {"luminance": {"r": 0.8}}, "ridge_features": {"luminance": {"r": 0.7}}}
     metrics = {"vae1": {"baseline_comparison": baseline_comparison("vae1", vae1)},
-               "vae2": {"baseline_comparison": baseline_comparison("vae2", vae2)}}
+               "vae2": {"baseline_comparison": baseline_comparison("vae2", vae2),
+                        "ridge_missing": ["motion"]}}
     models = SimpleNamespace(windows=_TwoWindows([0, 1]), training={}, metrics=metrics)
     config = Config().replace("execution", output_dir=tmp_path)
     writer = DerivativesWriter(tmp_path, config)
@@ -209,3 +214,4 @@ def test_group_report_lists_every_baseline(tmp_path):
             "modalities in (0.1798 vs 0.1801).") in html
     assert "VAE-1 does not beat the band-power ridge on mean voxel r" in html
     assert "VAE-2 does not beat" not in html
+    assert "VAE-2 has no band-power ridge baseline for motion" in html
