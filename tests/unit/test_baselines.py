@@ -14,12 +14,8 @@ from bids_app.models.baselines import (
     fit_ridge,
     fit_stimulus_ridge,
 )
-from bids_app.models.evaluate import (
-    baseline_comparison,
-    evaluate_vae1,
-    evaluate_vae2,
-    score_stimulus,
-)
+from bids_app.models.comparison import baseline_comparison
+from bids_app.models.evaluate import evaluate_vae1, evaluate_vae2, score_stimulus
 from bids_app.models.train import make_model
 from bids_app.models.windows import split_windows
 from bids_app.simulate.stimulus import simulate_windows
