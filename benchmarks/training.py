@@ -182,6 +182,11 @@ def compare_on_windows(directory: Path) -> None:
               f"{secs.get('vae2', float('nan')):.1f} | {total:.1f} | "
               f"{m['ev_eeg']:.4f} ({m['ev_pca_eeg']:.4f}) | "
               f"{m['ev_fmri']:.4f} ({m['ev_pca_fmri']:.4f}) |")  # fmt: skip
+        for model in ("vae1", "vae2"):
+            for row in metrics.get(model, {}).get("baseline_comparison", []):
+                print(f"    {model} {row['metric']}: {row['value']:.4f}, best baseline "
+                      f"{row['best_baseline']} {row['baselines'][row['best_baseline']]:.4f}"
+                      f"{'' if row['beats_all_baselines'] else ' (not beaten)'}")  # fmt: skip
     runs = windows.run_labels()
     print("test runs:", sorted(set(runs[splits["vae1"]["test"]])))
 

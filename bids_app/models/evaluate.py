@@ -1,4 +1,12 @@
-"""Held-out evaluation of the VAEs: explained variance against PCA, permutation nulls."""
+"""Held-out evaluation of the VAEs beside their baselines, and circular-shift nulls.
+
+Every number a VAE is judged by is computed, on the same held-out windows and with the
+same scoring code, for the baselines a reviewer asks for: the PCA of the concatenated
+windows and the per-modality PCA with the same latent size (reconstruction), the
+band-power ridge of :mod:`bids_app.models.baselines` (fMRI from EEG; stimulus features
+from VAE-2's inputs). :func:`~bids_app.models.comparison.baseline_comparison` lays them
+side by side.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from bids_app.models.baselines import fit_eeg_to_fmri_ridge, fit_stimulus_ridge
+from bids_app.models.comparison import baseline_comparison
 from bids_app.models.inference import predict
 from bids_app.models.vae import MultimodalVAE, StimulusVAE
 
@@ -131,16 +141,45 @@ def evaluate_vae1(
     seed: int = 0,
     chunk: int = 256,
     planted_voxels: np.ndarray | None = None,
+    val_idx: np.ndarray | None = None,
+    sfreq: float | None = None,
 ) -> dict[str, Any]:
-    """Held-out evaluation of VAE-1 against PCA with the same latent size.
+    """Held-out evaluation of VAE-1 beside PCA and band-power ridge baselines.
 
     Returns explained variance of EEG and fMRI reconstructed from both modalities (VAE
     and PCA), fMRI predicted from EEG alone (explained variance; mean voxel correlation,
-    also with the EEG of shuffled windows and with the PCA latent inferred from EEG
-    alone as baselines) and EEG predicted from fMRI alone. ``ev_pca_*`` is the PCA of the
-    concatenated windows (the baseline), ``ev_pca_block_*`` the per-modality PCA of
-    :func:`fit_block_pca` with the same total size. ``planted_voxels`` restricts the
-    voxel correlations (simulations).
+    also with the EEG of shuffled windows, the PCA latent inferred from EEG alone and the
+    band-power ridge as baselines) and EEG predicted from fMRI alone. ``ev_pca_*`` is the
+    PCA of the concatenated windows, ``ev_pca_block_*`` the per-modality PCA of
+    :func:`fit_block_pca` with the same total size, ``*_ridge_eeg_to_fmri`` the
+    voxel-wise ridge of :func:`~bids_app.models.baselines.fit_eeg_to_fmri_ridge` (fitted
+    on ``train_idx``, penalties from ``val_idx``; only when ``val_idx`` is given).
+    ``baseline_comparison`` holds the rows of
+    :func:`~bids_app.models.comparison.baseline_comparison`.
+
+    Parameters
+    ----------
+    model : MultimodalVAE
+        Trained VAE-1.
+    arrays : mapping
+        ``{"eeg", "fmri"}`` window arrays.
+    train_idx, test_idx : numpy.ndarray
+        Windows the baselines are fitted on, and the held-out windows scored.
+    seed : int
+        Seed of the shuffled-EEG baseline and of the baselines' training subsamples.
+    chunk : int
+        Held-out windows per forward pass.
+    planted_voxels : numpy.ndarray | None
+        Voxels the correlations are restricted to (simulations); all when None.
+    val_idx : numpy.ndarray | None
+        Validation windows (ridge penalties); None leaves the ridge out.
+    sfreq : float | None
+        EEG window rate (band-power bands); None: one broadband band.
+
+    Returns
+    -------
+    dict
+        Metrics (floats), ``n_test_windows`` and ``baseline_comparison``.
     """
     rng = np.random.default_rng(seed)
     pca = fit_pca_baseline(arrays, train_idx, model.latent_dim, seed=seed)
@@ -155,6 +194,11 @@ def evaluate_vae1(
     comp = pca["components"]
     # PCA latent from EEG alone: least-squares scores of the EEG part of the components
     eeg_pinv = np.linalg.pinv(comp[:, :d].T)
+    ridge = None
+    if val_idx is not None and len(val_idx):
+        ridge = fit_eeg_to_fmri_ridge(arrays, train_idx, val_idx, sfreq, seed=seed)
+        ev["ridge_eeg_to_fmri"] = _EV()
+    ridge_preds = []
     for s in range(0, len(test_idx), chunk):
         b, bs = test_idx[s : s + chunk], shuffled[s : s + chunk]
         e, f = arrays["eeg"][b], arrays["fmri"][b]
@@ -174,6 +218,10 @@ def evaluate_vae1(
         pca_f = (scores @ comp[:, d:] + pca["mean"][d:]) / pca["scale"][d:]
         ev["pca_eeg_to_fmri"].add(f, pca_f)
         pca_preds.append(pca_f[:, vox])
+        if ridge is not None:
+            ridge_f = ridge(e)
+            ev["ridge_eeg_to_fmri"].add(f, ridge_f)
+            ridge_preds.append(ridge_f[:, vox])
         from_eeg = predict(model, arrays, b, inputs=("eeg",))["fmri_mean"]
         ev["eeg_to_fmri"].add(f, from_eeg)
         ev["fmri_to_eeg"].add(e, predict(model, arrays, b, inputs=("fmri",))["eeg_mean"])
@@ -190,7 +238,11 @@ def evaluate_vae1(
     out["r_eeg_to_fmri"] = float(np.nanmean(_columnwise_r(p, t)))
     out["r_pca_eeg_to_fmri"] = float(np.nanmean(_columnwise_r(pp, t)))
     out["r_eeg_to_fmri_shuffled"] = float(np.nanmean(_columnwise_r(sh, t)))
+    if ridge is not None:
+        ridge_r = _columnwise_r(np.concatenate(ridge_preds), t)
+        out["r_ridge_eeg_to_fmri"] = float(np.nanmean(ridge_r))
     out["n_test_windows"] = int(len(test_idx))
+    out["baseline_comparison"] = baseline_comparison("vae1", out)
     return out
 
 
@@ -210,25 +262,103 @@ def evaluate_vae2(
     *,
     seed: int = 0,
     n_permutations: int = 1000,
+    train_idx: np.ndarray | None = None,
+    val_idx: np.ndarray | None = None,
+    sfreq: float | None = None,
 ) -> dict[str, Any]:
-    """Held-out stimulus prediction of VAE-2 against a circular-shift permutation null.
+    """Held-out stimulus prediction of VAE-2 and its ridge baseline, with a shift null.
 
     The null shifts the predictions circularly within each run (``groups``) by a random
     offset, which keeps their autocorrelation; ``p = (1 + #{r_null >= r}) / (1 + n)``.
+    The ridge of :func:`~bids_app.models.baselines.fit_stimulus_ridge` (fitted on
+    ``train_idx``, inputs and penalties from ``val_idx``; only when both are given) is
+    scored by the same function with the same shifts.
+
+    Parameters
+    ----------
+    model : StimulusVAE
+        Trained VAE-2.
+    arrays : mapping
+        ``{"eeg", "fmri", "stimulus"}`` window arrays.
+    test_idx : numpy.ndarray
+        Held-out windows.
+    groups : numpy.ndarray
+        Run label of each held-out window.
+    seed, n_permutations : int
+        Seed and number of the circular shifts.
+    train_idx, val_idx : numpy.ndarray | None
+        Training and validation windows of the ridge baseline.
+    sfreq : float | None
+        EEG window rate (band-power bands).
 
     Returns
     -------
     dict
-        ``features`` -> ``{"r", "p"}`` per feature (observed windows only), ``mean_r``.
+        ``features`` -> ``{"r", "p"}`` per feature (observed windows only), ``mean_r``;
+        with the ridge also ``ridge_features`` (``{"r", "p", "inputs"}``),
+        ``ridge_mean_r`` and ``ridge_missing`` (features VAE-2 is scored on that have no
+        ridge: not observed in at least 5 training and 2 validation windows); and
+        ``baseline_comparison``.
     """
     test_idx = np.asarray(test_idx)
     pred = predict(model, arrays, test_idx)["stimulus_mean"]
     true = np.asarray(arrays["stimulus"][test_idx], dtype=np.float64)
+    names = list(model.feature_names)
+    out: dict[str, Any] = {"features": score_stimulus(pred, true, groups, names, seed=seed,
+                                                      n_permutations=n_permutations)}
+    out["mean_r"] = _mean_r(out["features"])
+    if train_idx is not None and val_idx is not None and len(train_idx) and len(val_idx):
+        ridge, inputs = fit_stimulus_ridge(arrays, train_idx, val_idx, sfreq, seed=seed)
+        scores = score_stimulus(ridge(test_idx), true, groups, names, seed=seed,
+                                n_permutations=n_permutations)  # fmt: skip
+        for name, chosen in zip(names, inputs):
+            if name in scores:
+                scores[name]["inputs"] = chosen
+        out["ridge_features"], out["ridge_mean_r"] = scores, _mean_r(scores)
+        out["ridge_missing"] = sorted(set(out["features"]) - set(scores))
+    out["n_test_windows"] = int(len(test_idx))
+    out["baseline_comparison"] = baseline_comparison("vae2", out)
+    return out
+
+
+def _mean_r(features: Mapping[str, Mapping[str, float]]) -> float:
+    rs = [v["r"] for v in features.values()]
+    return float(np.mean(rs)) if rs else float("nan")
+
+
+def score_stimulus(
+    pred: np.ndarray,
+    true: np.ndarray,
+    groups: np.ndarray,
+    names: list[str],
+    *,
+    seed: int = 0,
+    n_permutations: int = 1000,
+) -> dict[str, dict[str, float]]:
+    """Correlation of predicted and observed features, with a within-run shift null.
+
+    Parameters
+    ----------
+    pred, true : numpy.ndarray
+        ``(n, F)`` predicted and observed features (NaN = not observed).
+    groups : numpy.ndarray
+        ``(n,)`` run labels; shifts stay within a run.
+    names : list of str
+        Feature names.
+    seed, n_permutations : int
+        The shifts (the same for every predictor scored with the same seed).
+
+    Returns
+    -------
+    dict
+        ``name -> {"r", "p"}`` for each feature with at least 5 observed, varying values
+        and a finite prediction.
+    """
     groups = np.asarray(groups)
     rng = np.random.default_rng(seed)
-    out: dict[str, Any] = {"features": {}}
-    for j, name in enumerate(model.feature_names):
-        ok = np.isfinite(true[:, j])
+    out: dict[str, dict[str, float]] = {}
+    for j, name in enumerate(names):
+        ok = np.isfinite(true[:, j]) & np.isfinite(pred[:, j])
         if ok.sum() < 5 or np.std(true[ok, j]) == 0:
             continue
         y, yh, g = true[ok, j], pred[ok, j], groups[ok]
@@ -240,9 +370,6 @@ def evaluate_vae2(
             for sel in members:
                 shifted[sel] = np.roll(yh[sel], rng.integers(1, max(len(sel), 2)))
             null[k] = _columnwise_r(shifted[:, None], y[:, None])[0]
-        p = float((1 + np.sum(null >= r)) / (1 + n_permutations))
-        out["features"][name] = {"r": r, "p": p}
-    rs = [v["r"] for v in out["features"].values()]
-    out["mean_r"] = float(np.mean(rs)) if rs else float("nan")
-    out["n_test_windows"] = int(len(test_idx))
+        out[name] = {"r": r, "p": float((1 + np.sum(null >= r)) / (1 + n_permutations))}
     return out
+

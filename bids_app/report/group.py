@@ -79,6 +79,32 @@ def readable_run(label: str) -> str:
     return " ".join(parts)
 
 
+def _baseline_rows(models: Any) -> tuple[list, list[str]]:
+    """Every held-out metric of VAE-1 and VAE-2 beside each of its baselines.
+
+    Returns the table rows (model, metric, model value, baseline, baseline value, margin)
+    and one plain sentence per model claim that the model does not beat every baseline
+    (or that has no ridge baseline).
+    """
+    rows, not_beaten = [], []
+    for name in ("vae1", "vae2"):
+        label = name.upper().replace("VAE", "VAE-")
+        for claim in getattr(models, "metrics", {}).get(name, {}).get("baseline_comparison", []):
+            for base, value in claim["baselines"].items():
+                rows.append((label, claim["metric"], float(f"{claim['value']:.4g}"), base,
+                             float(f"{value:.4g}"), float(f"{claim['value'] - value:+.3g}")))
+            if not claim["beats_all_baselines"]:
+                not_beaten.append(f"{label} does not beat the {claim['best_baseline']} on "
+                                  f"{claim['metric']} ({claim['value']:.4g} vs "
+                                  f"{claim['baselines'][claim['best_baseline']]:.4g}).")
+        missing = getattr(models, "metrics", {}).get(name, {}).get("ridge_missing", [])
+        if missing:
+            not_beaten.append(f"{label} has no band-power ridge baseline for "
+                              f"{', '.join(missing)}: not observed in enough training and "
+                              "validation windows, so no claim is made for them.")
+    return rows, not_beaten
+
+
 def _timelines(models: Any, masking: Any, writer: Any, max_runs: int = 6) -> list:
     """Per run: stimulus features as a heat map over time (one row per feature, no legend
     over the data), and below it the strongest VAE-2 effect of every EEG timestamp with the
@@ -178,6 +204,7 @@ def write_group_report(models: Any, masking: Any, config: Any, writer: Any) -> P
     ctx: dict[str, Any] = {"n_windows": 0, "n_runs": 0, "models_rows": [], "curve_figures": [],
                            "counts": [], "annotated": [], "feature_rows": [],
                            "timeline_figures": [], "voxel_figures": [], "voxel_rows": [],
+                           "baseline_rows": [], "not_beaten": [],
                            "voxel_columns": (), "level": config.masking.fdr_q,
                            "methods": METHODS}
     if models is None:
@@ -186,6 +213,7 @@ def write_group_report(models: Any, masking: Any, config: Any, writer: Any) -> P
         ctx["n_windows"] = len(models.windows)
         ctx["n_runs"] = len(np.unique(models.windows.run_labels()))
         ctx["models_rows"], ctx["curve_figures"] = _learning_curves(models, writer)
+        ctx["baseline_rows"], ctx["not_beaten"] = _baseline_rows(models)
     if masking is None:
         failures.append("The masking stage did not run or failed.")
     else:

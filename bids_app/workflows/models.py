@@ -142,7 +142,8 @@ def train_group_models(
         offsets = calibrate_experts(models["vae1"], arrays, sp["val"])
         results["vae1"].extra["expert_logvar_offsets"] = offsets
     test = sp["test"] if len(sp["test"]) else sp["val"]
-    metrics["vae1"] = evaluate_vae1(models["vae1"], arrays, sp["train"], test, seed=seed)
+    metrics["vae1"] = evaluate_vae1(models["vae1"], arrays, sp["train"], test, seed=seed,
+                                    val_idx=sp["val"], sfreq=windows.sfreq)  # fmt: skip
     if windows.stimulus is not None and windows.meta["has_stimulus"].any():
         has = windows.meta["has_stimulus"].to_numpy()
         splits["vae2"] = {k: v[has[v]] for k, v in sp.items()}
@@ -156,7 +157,9 @@ def train_group_models(
             models["vae2"] = results["vae2"].model
             test2 = s2["test"] if len(s2["test"]) else s2["val"]
             groups = windows.run_labels()[test2]
-            metrics["vae2"] = evaluate_vae2(models["vae2"], arrays, test2, groups, seed=seed)
+            metrics["vae2"] = evaluate_vae2(models["vae2"], arrays, test2, groups, seed=seed,
+                                            train_idx=s2["train"], val_idx=s2["val"],
+                                            sfreq=windows.sfreq)  # fmt: skip
         else:
             logger.warning("VAE-2 not trained: stimulus windows fall in one fold only.")
     else:
@@ -236,7 +239,9 @@ def run_models_workflow(output_dir: Path, config: Any, writer: Any) -> ModelsRes
                        "stratified_by_task": config.model.split_by == "run",
                        **{k: sorted(set(windows.run_labels()[v])) for k, v in split.items()}},
             "Training": results[name].metrics(),
-            "Evaluation": metrics.get(name, {}),
+            "Evaluation": {k: v for k, v in metrics.get(name, {}).items()
+                           if k != "baseline_comparison"},
+            "Baselines": metrics.get(name, {}).get("baseline_comparison", []),
             "RandomSeed": config.execution.random_seed,
             "Config": config.to_dict()["model"],
             "Versions": _versions(),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -20,6 +22,22 @@ from bids_app.models.windows import split_windows
 from bids_app.simulate.stimulus import simulate_windows
 
 C, T, V = 5, 7, 11
+BENCHMARKS = Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md"
+
+
+def _assert_docs_state(rows: list[dict]) -> None:
+    """docs/benchmarks.md says, for each measured claim, whether the model beats every
+    baseline on the held-out runs and which baseline is best (its comparison tables)."""
+    table = {}
+    for line in BENCHMARKS.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 7 and cells[0] in ("VAE-1", "VAE-2"):
+            table[(cells[0], cells[1])] = cells
+    assert rows
+    for row in rows:
+        cells = table[(row["model"].upper().replace("VAE", "VAE-"), row["metric"])]
+        assert cells[5] == ("yes" if row["beats_all_baselines"] else "no"), cells
+        assert cells[4] == row["best_baseline"] and abs(float(cells[2]) - row["value"]) < 0.005
 
 
 @pytest.fixture
@@ -238,7 +256,7 @@ def trained_vae1(planted):
     split = split_windows(pw.meta, seed=0)
     res = _train_default_vae1(pw, split)
     planted = np.concatenate(list(pw.planted_voxels.values()))
-    kw = {"planted_voxels": planted}
+    kw = {"planted_voxels": planted, "val_idx": split["val"], "sfreq": 5.0}
     raw = evaluate_vae1(res.model, arrays, split["train"], split["test"], **kw)
     own = select_own_paths(res.model, arrays, split["val"])
     offsets = calibrate_experts(res.model, arrays, split["val"])
@@ -247,18 +265,18 @@ def trained_vae1(planted):
             "own_paths": own}  # fmt: skip
 
 
-def test_vae1_reconstruction_vs_pca_on_held_out_runs(trained_vae1):
+def test_vae1_reconstruction_vs_baselines_on_held_out_runs(trained_vae1):
     ev = trained_vae1
-    # Held-out runs, both modalities in, latent size 6 for VAE and PCA of the concatenated
-    # windows. Measured EEG 0.2814 vs 0.2646 and fMRI 0.1798 vs 0.1775; split seeds 1-3:
-    # EEG +0.012 to +0.015, fMRI +0.0022 to +0.0036. Each modality's windows are near
-    # linear-Gaussian except the EEG's rhythms (amplitude x phase: a ring per rhythm), so
-    # a linear 3 + 3 split of the latent is the PCA ceiling for fMRI (planted-voxel
-    # projection 0.182) and the non-linear EEG code is what beats PCA on EEG; see
-    # docs/benchmarks.md.
-    assert ev["ev_eeg"] > ev["ev_pca_eeg"] + 0.008
-    assert ev["ev_fmri"] > ev["ev_pca_fmri"] + 0.0015
-    assert ev["ev_eeg"] > ev["ev_pca_block_eeg"] + 0.008  # beyond the per-modality PCA
+    # Held-out runs, both modalities in, latent size 6 for the VAE and both PCAs. Claims
+    # (docs/benchmarks.md; margins over split seeds 0-3): EEG beats every baseline by
+    # > 0.005 (+0.011 to +0.016); fMRI beats the PCA of the concatenation by > 0.001
+    # (+0.0022 to +0.0036) and does NOT beat the per-modality PCA: within 0.001 below it
+    # (-0.0003 to -0.0002; the fMRI is linear and rank 3, PCA is the ceiling).
+    best_eeg = max(ev["ev_pca_eeg"], ev["ev_pca_block_eeg"])
+    assert ev["ev_eeg"] > best_eeg + 0.005
+    assert ev["ev_fmri"] > ev["ev_pca_fmri"] + 0.001
+    assert -0.001 < ev["ev_fmri"] - ev["ev_pca_block_fmri"] <= 0
+    _assert_docs_state(ev["baseline_comparison"])
     assert ev["best_epoch"] > 10  # training moved away from the PCA start
     assert ev["own_paths"]["kept"]  # the non-linear EEG code lowers the validation loss
     # the EEG expert's learned confidence about the fMRI dimensions is over-confident on
@@ -270,6 +288,37 @@ def test_vae1_reconstruction_vs_pca_on_held_out_runs(trained_vae1):
     assert ev["ev_fmri"] > raw["ev_fmri"] + 0.001
     assert abs(ev["r_eeg_to_fmri"] - raw["r_eeg_to_fmri"]) < 0.02
     assert abs(ev["ev_eeg"] - raw["ev_eeg"]) < 1e-3
+
+
+def _held_out_pca_ev(a: np.ndarray, train: np.ndarray, test: np.ndarray, k: int) -> float:
+    """Held-out explained variance of the k-component PCA of one modality."""
+    a = a.reshape(len(a), -1).astype(np.float64)
+    mean = a[train].mean(0)
+    axes = np.linalg.svd(a[train] - mean, full_matrices=False)[2][:k]
+    x = a[test] - mean
+    sst = ((a[test] - a[test].mean(0)) ** 2).sum()
+    return float(1 - ((x - x @ axes.T @ axes) ** 2).sum() / sst)
+
+
+def test_where_the_margins_come_from(planted, trained_vae1):
+    # docs/benchmarks.md: the fMRI is linear and rank 3, so no 3-dimensional code does
+    # much better than PCA: projecting the held-out fMRI on the three planted-voxel
+    # patterns (an oracle) explains < 0.005 more than the 3-component PCA (0.1824 vs
+    # 0.1801; +0.0014 to +0.0026 on splits 0-3). VAE-1's 3 EEG dimensions (0.281) lie
+    # between EEG-only PCA with 3 (0.265) and 4 components (0.309), on every split.
+    pw = planted
+    split = split_windows(pw.meta, seed=0)
+    train, test = split["train"], split["test"]
+    patterns = np.zeros((pw.fmri.shape[1], 3))
+    for i, voxels in enumerate(pw.planted_voxels.values()):
+        patterns[voxels, i] = 1.0
+    f = pw.fmri.astype(np.float64)
+    x = f[test] - f[train].mean(0)
+    oracle = 1 - ((x - x @ patterns @ np.linalg.pinv(patterns)) ** 2).sum() / (
+        (f[test] - f[test].mean(0)) ** 2).sum()  # fmt: skip
+    assert 0 < oracle - _held_out_pca_ev(pw.fmri, train, test, 3) < 0.005
+    eeg_pca = [_held_out_pca_ev(pw.eeg, train, test, k) for k in (3, 4)]
+    assert eeg_pca[0] < trained_vae1["ev_eeg"] < eeg_pca[1]
 
 
 def test_eeg_code_that_does_not_generalise_is_switched_off():
@@ -300,10 +349,15 @@ def test_vae1_eeg_alone_predicts_planted_voxels(trained_vae1):
     ev = trained_vae1
     # fMRI of planted voxels from EEG alone (measured r = 0.570; split seeds 1-3: 0.53 to
     # 0.56) beats the EEG of shuffled windows (0.010) and the PCA latent inferred from EEG
-    # alone (-0.004: BOLD follows EEG power, which is not linear in the EEG).
+    # alone (-0.004: BOLD follows EEG power, which is not linear in the EEG), but does NOT
+    # beat the band-power ridge (0.588; margin -0.032 to +0.014 over splits 0-3). Claim:
+    # within 0.05 of the ridge in r and within 0.02 in explained variance (-0.010 to
+    # +0.002), not above it on split 0 (docs/benchmarks.md, checked by _assert_docs_state).
     assert ev["r_eeg_to_fmri"] > 0.45
     assert ev["r_eeg_to_fmri"] > ev["r_eeg_to_fmri_shuffled"] + 0.35
     assert ev["r_eeg_to_fmri"] > ev["r_pca_eeg_to_fmri"] + 0.35
+    assert abs(ev["r_eeg_to_fmri"] - ev["r_ridge_eeg_to_fmri"]) < 0.05
+    assert abs(ev["ev_eeg_to_fmri"] - ev["ev_ridge_eeg_to_fmri"]) < 0.02
 
 
 @pytest.mark.parametrize("null", [False, True])
@@ -346,12 +400,20 @@ def test_vae2_predicts_stimulus_above_permutation_null(null):
         device="cpu",
     )
     labels = (pw.meta["subject"] + "/" + pw.meta["run"]).to_numpy()
-    ev = evaluate_vae2(res.model, arrays, split["test"], labels[split["test"]], n_permutations=500)
+    ev = evaluate_vae2(res.model, arrays, split["test"], labels[split["test"]], n_permutations=500,
+                       train_idx=split["train"], val_idx=split["val"], sfreq=5.0)  # fmt: skip
     for name in ("luminance", "motion"):
         r, p = ev["features"][name]["r"], ev["features"][name]["p"]
+        ridge = ev["ridge_features"][name]
         if null:  # nothing links stimulus and brain: no significant prediction
             assert p > 0.01 and r < 0.2
-        else:  # measured r = 0.86 (luminance), 0.47 (motion), p = 1/501
+            assert ridge["p"] > 0.01 and ridge["r"] < 0.2
+        else:  # measured r = 0.83 (luminance), 0.42 (motion), p = 1/501
             assert p < 0.01 and r > 0.3
+            # claim: VAE-2 does not beat the band-power ridge (0.91, 0.76; seeds 0-2:
+            # margins -0.118 to -0.080 and -0.372 to -0.272)
+            assert r <= ridge["r"]
+    if not null:
+        _assert_docs_state(ev["baseline_comparison"])
     pred = predict(res.model, arrays, split["test"][:5], inputs=("eeg",))
     assert pred["stimulus_mean"].shape == (5, 2)

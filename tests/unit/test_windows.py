@@ -281,6 +281,13 @@ def test_models_workflow_on_derivatives(tmp_path):
         assert res.paths[name].exists()
         side = __import__("json").loads(res.paths[f"{name}_json"].read_text())
         assert side["Architecture"]["kind"] == name and side["RandomSeed"] == 0
+        assert "baseline_comparison" not in side["Evaluation"]
+    # every held-out claim beside its baselines, the band-power ridge among them; the
+    # validation run is a checker run, so the movie features have no VAE-2 ridge
+    sides = {n: __import__("json").loads(res.paths[f"{n}_json"].read_text())
+             for n in ("vae1", "vae2")}
+    assert any("band-power ridge" in row["baselines"] for row in sides["vae1"]["Baselines"])
+    assert "luminance" in sides["vae2"]["Evaluation"]["ridge_missing"]
     assert res.metrics["vae2"]["n_test_windows"] > 0
     assert all(p.exists() for p in res.figures.values()) and len(res.figures) >= 3
 
