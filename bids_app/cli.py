@@ -132,7 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mem", "--mem-gb", type=_positive(float), metavar="GB",
                    help="memory available to the run, in GB; default: 8")
     g.add_argument("-w", "--work-dir", type=_path, metavar="DIR",
-                   help="resumable cache (default: OUTPUT_DIR/work)")
+                   help="resumable cache (default: OUTPUT_DIR/work): each finished stage "
+                        "leaves a checkpoint in DIR/checkpoints/, so rerunning an "
+                        "interrupted command resumes it; must lie outside the input "
+                        "dataset (or under its derivatives/)")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"),
                    help="where the models train: a GPU when one is visible (auto), cpu or "
                    "cuda")
