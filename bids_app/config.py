@@ -142,7 +142,7 @@ class CouplingConfig:
     # within-run circular shifts of the EEG power that form the null of the p-values
     n_shifts: int = 20
     min_shift_s: float = 30.0
-    n_null_voxels: int = 20000
+    n_null_voxels: int = 10000
     confounds: tuple[str, ...] = (
         "trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z", "csf", "white_matter",
     )

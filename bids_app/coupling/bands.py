@@ -121,7 +121,7 @@ def couple_bands(power: Mapping[str, tuple[np.ndarray, np.ndarray]], *, bold: np
                  hrf: np.ndarray, weights: sparse.spmatrix, nuisance: pd.DataFrame,
                  rr_mm: np.ndarray, ch_names: list[str], window_s: float, n_peaks: int = 5,
                  n_shifts: int = 20, min_shift_s: float = 30.0, max_ar_order: int = 4,
-                 n_null_voxels: int = 20000) -> dict[str, BandCoupling]:
+                 n_null_voxels: int = 10000) -> dict[str, BandCoupling]:
     """All coupling statistics of one run, q-values from one FDR family.
 
     Parameters

@@ -163,7 +163,7 @@ def _pooled_p(observed: np.ndarray, null: np.ndarray) -> np.ndarray:
 def fit_coupling_glm(bold: np.ndarray, hrf: np.ndarray, global_power: np.ndarray,
                      source_power: np.ndarray, weights: sparse.spmatrix, nuisance: np.ndarray,
                      *, window_s: float, n_shifts: int = 20, min_shift_s: float = 30.0,
-                     max_ar_order: int = 4, n_null_voxels: int = 20000) -> CouplingGLM:
+                     max_ar_order: int = 4, n_null_voxels: int = 10000) -> CouplingGLM:
     """Global and source-resolved F tests of one band, with circular-shift p-values.
 
     Parameters
