@@ -293,6 +293,14 @@ def _write_figures(result: CouplingResult, run: Any, eeg: Any, frame_times: np.n
                                 thresholds=thresholds, suptitle="Band power <-> BOLD z maps "
                                 f"(FDR q<{config.coupling.fdr_q:g}; empty: none significant)"),
          "desc-zmaps", ".png")
+    q = config.coupling.fdr_q
+    local_thr = {b: _z_threshold(r.local_z, r.local_q, q) for b, r in result.bands.items()}
+    save(figures.plot_stat_maps({b: result.images[f"localz_{b}"] for b in bands},
+                                titles={b: f"{b} source power <-> BOLD (z)" for b in bands},
+                                thresholds=local_thr, suptitle="Source-resolved z maps, "
+                                f"beyond the global band power (FDR q<{q:g}; empty: none "
+                                "significant)"),
+         "desc-localzmaps", ".png")
     if topo:
         save(figures.plot_topomap_rows(topo, info, sphere=sphere, suptitle="Channels related "
                                        "to source peaks (r of band power)"),
