@@ -133,10 +133,16 @@ class SourceConfig:
 class CouplingConfig:
     """EEG <-> fMRI coupling statistics."""
 
-    hrf_model: str = "spm"
+    # canonical HRF + temporal + dispersion derivatives, tested jointly (F test)
+    hrf_model: str = "spm + derivative + dispersion"
     high_pass_hz: float = 0.01
     fdr_q: float = 0.05
-    noise_model: str = "ar1"
+    # AR(p) prewhitening, p <= max_ar_order chosen per run by AIC (bias-corrected)
+    max_ar_order: int = 4
+    # within-run circular shifts of the EEG power that form the null of the p-values
+    n_shifts: int = 20
+    min_shift_s: float = 30.0
+    n_null_voxels: int = 10000
     confounds: tuple[str, ...] = (
         "trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z", "csf", "white_matter",
     )

@@ -43,6 +43,11 @@ REFERENCES = {
            "responses. NeuroImage 7:30-40.",
     "goldman": "Goldman RI et al. (2002) Simultaneous EEG and fMRI of the alpha rhythm. "
                "NeuroReport 13:2487-2492.",
+    "prewhiten": "Worsley KJ et al. (2002) A general statistical analysis for fMRI data. "
+                 "NeuroImage 15:1-15.",
+    "hrfderiv": "Calhoun VD et al. (2004) fMRI analysis with the general linear model: "
+                "removal of latency-induced amplitude bias by incorporation of hemodynamic "
+                "derivative terms. NeuroImage 22:252-257.",
     "fdr": "Benjamini Y, Hochberg Y (1995) Controlling the false discovery rate. J R Stat Soc "
            "B 57:289-300.",
     "natview": "Telesford QK et al. (2023) An open-access dataset of naturalistic viewing "
@@ -195,12 +200,19 @@ def _coupling_part(coupling: Any, writer: Any, subject: str, prefix: str,
         thr = coupling.fdr_threshold.get(band, float("inf"))
         rows.append((band, int((res.q < q).sum()), _fmt(np.abs(res.z).max()),
                      "none" if not np.isfinite(thr) else _fmt(thr),
-                     ", ".join(f"{v:.0f}" for v in peak),
-                     _fmt(np.abs(res.local_r).max())))
+                     ", ".join(f"{v:.0f}" for v in peak), int((res.local_q < q).sum()),
+                     _fmt(np.abs(res.local_r).max()), f"AR({res.glm.ar_order})"))
     tables = [{"title": "EEG band power <-> BOLD", "columns": (
-        "Band", f"Voxels q<{q:g}", "max |z|", "FDR |z| threshold", "Peak |z| (MNI mm)",
-        "max |local r|"), "rows": rows}] if rows else []
-    return {"key": "coupling", "title": "Source maps and EEG-fMRI coupling", "text": "",
+        "Band", f"Voxels q<{q:g} (global)", "max |z|", "FDR |z| threshold",
+        "Peak |z| (MNI mm)", f"Voxels q<{q:g} (source-resolved)", "max |local r|",
+        "Noise model"), "rows": rows}] if rows else []
+    text = ("Global: F test of the mean-channel band power convolved with the canonical HRF "
+            "and its temporal and dispersion derivatives. Source-resolved: the same test of "
+            "the band power of the EEG source at each voxel, beside the global regressors. "
+            "p-values from within-run circular shifts of the EEG power; q-values from one "
+            "Benjamini-Hochberg family per run: the global and the source-resolved test of "
+            f"every band and voxel ({getattr(coupling, 'fdr_tests', 0)} tests).") if rows else ""
+    return {"key": "coupling", "title": "Source maps and EEG-fMRI coupling", "text": text,
             "tables": tables,
             "figures": figure_entries(getattr(coupling, "figures", None), writer, subject,
                                       prefix)}
@@ -252,13 +264,17 @@ def methods_text(config: Any) -> tuple[list[str], list[str]]:
            f"power ({bands}) of each source was computed for each fMRI volume window and "
            f"interpolated to the fMRI grid.")
     used.append("eloreta")
-    coup = (f"Band power envelopes were convolved with the {c.hrf_model.upper()} canonical "
-            f"HRF and sampled at the acquisition times of the volumes. A voxel-wise GLM "
-            f"({c.noise_model.upper()} noise model) with {len(c.confounds)} confounds and "
-            f"cosine drifts (high-pass {c.high_pass_hz:g} Hz) gave one z map per band, "
-            f"thresholded at FDR q < {c.fdr_q:g}; each voxel's BOLD was also correlated with "
-            f"the HRF-convolved power of its co-located source.")
-    used += ["hrf", "goldman", "nilearn", "fdr"]
+    coup = (f"Band power envelopes were convolved with an HRF basis ({c.hrf_model}) and "
+            f"sampled at the acquisition times of the volumes. For each band and voxel, a "
+            f"GLM with {len(c.confounds)} confounds and cosine drifts (high-pass "
+            f"{c.high_pass_hz:g} Hz), prewhitened with a per-voxel AR(p) model (bias-corrected, "
+            f"p <= {c.max_ar_order} chosen by AIC), tested the mean-channel band power (global) "
+            f"and the band power of the EEG source at the voxel beside it (source-resolved) "
+            f"with F tests over the basis. p-values came from {c.n_shifts} within-run "
+            f"circular shifts of the EEG power (at least {c.min_shift_s:g} s) and q-values "
+            f"from one Benjamini-Hochberg family per run (global and source-resolved tests of "
+            f"every band and voxel), thresholded at FDR q < {c.fdr_q:g}.")
+    used += ["hrf", "hrfderiv", "goldman", "nilearn", "prewhiten", "fdr"]
     return [" ".join(eeg), fmri, src, coup], [REFERENCES[k] for k in dict.fromkeys(used)]
 
 

@@ -26,6 +26,10 @@ logger = logging.getLogger(__name__)
 
 SPACE = "MNI152NLin2009cAsym"
 
+#: Image kind -> BandCoupling attribute.
+IMAGE_MAPS = {"z": "z", "p": "p", "q": "q", "localz": "local_z", "localp": "local_p",
+              "localq": "local_q", "localr": "local_r"}
+
 TABLE_COLUMNS = {
     "band": {"LongName": "Frequency band", "Description": "Band of the power envelopes."},
     "source": {"LongName": "Source peak", "Description": "Local maximum of mean band source "
@@ -49,12 +53,15 @@ class CouplingResult:
         Band power of channels and sources per volume window.
     bands : dict
         Band -> :class:`bids_app.coupling.BandCoupling` (voxel arrays in mask order).
-    zmaps, local_r : dict
-        Band -> 3D image of the GLM z map / local source<->voxel correlation.
+    images : dict
+        ``{kind}_{band}`` -> 3D image, kinds of :data:`IMAGE_MAPS` (global ``z``/``p``/``q``,
+        source-resolved ``localz``/``localp``/``localq``, ``localr`` correlation).
     table : DataFrame
         Source<->channel correlations of every band.
     fdr_threshold : dict
-        Band -> smallest |z| significant at ``config.coupling.fdr_q`` (inf when none).
+        Band -> smallest global |z| significant at ``config.coupling.fdr_q`` (inf when none).
+    fdr_tests : int
+        Number of tests in the run's FDR family (2 x bands x voxels).
     files : dict
         Output kind -> path.
     figures : dict
@@ -63,10 +70,10 @@ class CouplingResult:
 
     source_maps: source.SourceMaps
     bands: dict[str, cp.BandCoupling]
-    zmaps: dict[str, nib.Nifti1Image]
-    local_r: dict[str, nib.Nifti1Image]
+    images: dict[str, nib.Nifti1Image]
     table: pd.DataFrame
     fdr_threshold: dict[str, float]
+    fdr_tests: int
     files: dict[str, Path] = field(default_factory=dict)
     figures: dict[str, Path] = field(default_factory=dict)
 
@@ -127,25 +134,28 @@ def run_coupling_workflow(run: Any, eeg: Any, fmri: Any, config: Any, writer: An
     conf = fmri.confounds
     conf = None if conf is None else conf[[c for c in ccfg.confounds if c in conf]].iloc[:n]
     nuisance = cp.nuisance_design(frame_times, conf, high_pass_hz=ccfg.high_pass_hz)
-    bands, zmaps, local_r, tables, thresholds = {}, {}, {}, [], {}
-    for name, _, _ in scfg.bands:
-        res = cp.couple_band(
-            name, bold=bold, frame_times=frame_times, source_power=maps.source_power[name],
-            channel_power=maps.channel_power[name], hrf=hrf, to_voxels=grid.to_voxels,
-            nuisance=nuisance, rr_mm=grid.rr_mm, ch_names=maps.ch_names,
-            n_peaks=ccfg.n_peaks, noise_model=ccfg.noise_model,
-        )
-        bands[name] = res
-        zmaps[name] = _voxel_img(grid, res.z)
-        local_r[name] = _voxel_img(grid, res.local_r)
-        sig = np.abs(res.z)[res.q < ccfg.fdr_q]
-        thresholds[name] = float(sig.min()) if len(sig) else float("inf")
-        tables.append(res.table)
-    result = CouplingResult(maps, bands, zmaps, local_r, pd.concat(tables, ignore_index=True),
-                            thresholds)
+    bands = cp.couple_bands(
+        {name: (maps.source_power[name], maps.channel_power[name]) for name, _, _ in scfg.bands},
+        bold=bold, hrf=hrf, weights=grid.weights, nuisance=nuisance, rr_mm=grid.rr_mm,
+        ch_names=maps.ch_names, window_s=fmri.tr, n_peaks=ccfg.n_peaks, n_shifts=ccfg.n_shifts,
+        min_shift_s=ccfg.min_shift_s, max_ar_order=ccfg.max_ar_order,
+        n_null_voxels=ccfg.n_null_voxels,
+    )
+    images = {f"{kind}_{name}": _voxel_img(grid, getattr(res, attr))
+              for name, res in bands.items() for kind, attr in IMAGE_MAPS.items()}
+    thresholds = {name: _z_threshold(res.z, res.q, ccfg.fdr_q) for name, res in bands.items()}
+    tables = [res.table for res in bands.values()]
+    result = CouplingResult(maps, bands, images, pd.concat(tables, ignore_index=True),
+                            thresholds, 2 * len(bands) * len(grid.voxel_ijk))
     _write_outputs(result, run, fmri, config, writer)
     _write_figures(result, run, eeg, frame_times, config, writer)
     return result
+
+
+def _z_threshold(z: np.ndarray, q: np.ndarray, level: float) -> float:
+    """Smallest |z| with q below ``level`` (inf when none)."""
+    sig = np.abs(z)[q < level]
+    return float(sig.min()) if len(sig) else float("inf")
 
 
 def _voxel_img(grid: Any, values: np.ndarray) -> nib.Nifti1Image:
@@ -186,27 +196,58 @@ def _write_outputs(result: CouplingResult, run: Any, fmri: Any, config: Any,
             "the source grid to the fMRI grid.", "FrequencyBand": [lo, hi],
             "RepetitionTime": maps.window_length_s, "Units": "arbitrary (squared inverse units)"})
         result.files[f"eegsource_{name}"] = path
-        zpath = writer.build_path({**ents, "space": SPACE, "res": res, "desc": name, "stat": "z"},
-                                  "statmap", ".nii.gz", datatype="func")
-        writer.write_nifti(zpath, result.zmaps[name], sources=sources, sidecar={
-            **common, "Description": f"GLM z map of the HRF-convolved mean-channel {name} "
-            "band power (AR(1) prewhitened, confounds and cosine drifts).",
-            "HRFModel": config.coupling.hrf_model, "HighPass": config.coupling.high_pass_hz,
-            "FDRq": config.coupling.fdr_q,
-            # null when no voxel passes the FDR threshold (JSON has no infinity)
-            "FDRThresholdZ": _finite_or_none(result.fdr_threshold[name])})
-        result.files[f"zmap_{name}"] = zpath
-        rpath = writer.build_path({**ents, "space": SPACE, "res": res, "desc": f"{name}local",
-                                   "stat": "r"}, "statmap", ".nii.gz", datatype="func")
-        writer.write_nifti(rpath, result.local_r[name], sources=sources, sidecar={
-            **common, "Description": f"Correlation of each voxel's BOLD with the "
-            f"HRF-convolved {name} band power of the co-located source (confounds removed)."})
-        result.files[f"localr_{name}"] = rpath
+        stats = _statmap_sidecars(name, result.bands[name], config, result.fdr_tests,
+                                  result.fdr_threshold[name])
+        for kind, sidecar in stats.items():
+            local = kind.startswith("local")
+            path = writer.build_path({**ents, "space": SPACE, "res": res,
+                                      "desc": f"{name}local" if local else name,
+                                      "stat": kind.removeprefix("local")},
+                                     "statmap", ".nii.gz", datatype="func")
+            writer.write_nifti(path, result.images[f"{kind}_{name}"], sources=sources,
+                               sidecar={**common, **sidecar})
+            result.files[f"{kind}_{name}"] = path
     tpath = writer.build_path({**ents, "desc": "sourcechannel"}, "corr", ".tsv", datatype="eeg")
     writer.write_tsv(tpath, result.table, columns=TABLE_COLUMNS, sidecar={
         "Description": "Source<->channel band-power correlations at local maxima of mean "
         "source power.", "Sources": sources})
     result.files["sourcechannel"] = tpath
+
+
+def _statmap_sidecars(band: str, res: cp.BandCoupling, config: Any, n_tests: int,
+                      z_threshold: float) -> dict[str, dict[str, Any]]:
+    """Sidecar of every statistical map of one band (image kind -> fields)."""
+    ccfg = config.coupling
+    glm = res.glm
+    model = {
+        "HRFModel": ccfg.hrf_model, "HighPass": ccfg.high_pass_hz,
+        "NoiseModel": f"AR({glm.ar_order}) prewhitening per voxel, bias-corrected "
+        f"autocorrelations, order chosen by AIC (<= {ccfg.max_ar_order})",
+        "NullModel": f"{len(glm.shifts)} within-run circular shifts of the EEG band power "
+        f"(>= {ccfg.min_shift_s:g} s), F statistics pooled over {ccfg.n_null_voxels} voxels",
+        "FDRFamily": cp.FDR_FAMILY, "FDRTests": n_tests, "FDRq": ccfg.fdr_q,
+    }
+    global_model = (f"F test of the {band} mean-channel band power convolved with the HRF "
+                    "basis (confounds, cosine drifts)")
+    local_model = (f"F test of the {band} band power of the EEG source at the voxel convolved "
+                   "with the HRF basis, beside the global band-power regressors (confounds, "
+                   "cosine drifts)")
+    out = {}
+    for prefix, test, text in (("", glm.global_test, global_model),
+                               ("local", glm.local_test, local_model)):
+        dof = {"DegreesOfFreedom": [test.df_num, test.df_den]}
+        out[f"{prefix}z"] = {**model, **dof, "Description": f"Signed z of the circular-shift "
+                             f"p-value ({text}); sign of the canonical-HRF coefficient."}
+        out[f"{prefix}p"] = {**model, **dof, "Description": f"Uncorrected circular-shift "
+                             f"p-value ({text})."}
+        out[f"{prefix}q"] = {**model, **dof, "Description": f"Benjamini-Hochberg q-value "
+                             f"({text}); family: {cp.FDR_FAMILY}."}
+    # null when no voxel passes the FDR threshold (JSON has no infinity)
+    out["z"]["FDRThresholdZ"] = _finite_or_none(z_threshold)
+    out["localr"] = {"Description": f"Correlation of each voxel's BOLD with the canonical "
+                     f"HRF-convolved {band} band power of the co-located source (confounds "
+                     f"removed)."}
+    return out
 
 
 def _finite_or_none(value: float) -> float | None:
@@ -247,11 +288,19 @@ def _write_figures(result: CouplingResult, run: Any, eeg: Any, frame_times: np.n
                                 symmetric=False, suptitle="Mean source power per band, "
                                 "relative to its peak (> 0.5 shown)"),
          "desc-sourcemaps", ".png")
-    save(figures.plot_stat_maps(result.zmaps, titles={b: f"{b} power <-> BOLD (z)"
-                                                      for b in bands},
+    save(figures.plot_stat_maps({b: result.images[f"z_{b}"] for b in bands},
+                                titles={b: f"{b} power <-> BOLD (z)" for b in bands},
                                 thresholds=thresholds, suptitle="Band power <-> BOLD z maps "
                                 f"(FDR q<{config.coupling.fdr_q:g}; empty: none significant)"),
          "desc-zmaps", ".png")
+    q = config.coupling.fdr_q
+    local_thr = {b: _z_threshold(r.local_z, r.local_q, q) for b, r in result.bands.items()}
+    save(figures.plot_stat_maps({b: result.images[f"localz_{b}"] for b in bands},
+                                titles={b: f"{b} source power <-> BOLD (z)" for b in bands},
+                                thresholds=local_thr, suptitle="Source-resolved z maps, "
+                                f"beyond the global band power (FDR q<{q:g}; empty: none "
+                                "significant)"),
+         "desc-localzmaps", ".png")
     if topo:
         save(figures.plot_topomap_rows(topo, info, sphere=sphere, suptitle="Channels related "
                                        "to source peaks (r of band power)"),

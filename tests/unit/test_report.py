@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from nilearn import datasets
+from scipy import stats
 
 from bids_app import coupling as cp
 from bids_app.config import Config
@@ -55,15 +56,17 @@ def _outcomes(tmp_path: Path, writer: DerivativesWriter) -> list[RunOutcome]:
     n_vox = len(grid.voxel_ijk)
     z = rng.normal(size=n_vox)
     z[:200] += 8
+    p = 2 * stats.norm.sf(np.abs(z))
     band = cp.BandCoupling("alpha", z, cp.z_to_q(z), rng.uniform(-0.5, 0.5, n_vox),
-                           pd.DataFrame(), np.zeros(20))
+                           pd.DataFrame(), np.zeros(20), p=p, local_z=z, local_p=p,
+                           local_q=cp.z_to_q(z), glm=SimpleNamespace(ar_order=2))
     maps = source.SourceMaps(grid, np.arange(20) * 2.1, 2.1, {}, {}, list(nv.EEG_CHANNELS),
                              "eLORETA")
     zimg = nib.Nifti1Image(np.zeros(mask.shape, np.float32), mask.affine)
     zimg.get_fdata()[tuple(grid.voxel_ijk.T)] = z
     zfig = figures.plot_stat_map(zimg, title="alpha z", threshold=3.0)
     coupling = SimpleNamespace(bands={"alpha": band}, source_maps=maps,
-                               fdr_threshold={"alpha": 3.0},
+                               fdr_threshold={"alpha": 3.0}, fdr_tests=2 * n_vox,
                                figures={"desc-alpha_zmap": writer.write_figure(
                                    zfig, "01", "task-tp_desc-alpha_zmap.png")})
     plt.close(zfig)

@@ -1,0 +1,82 @@
+"""Design of the coupling GLM: acquisition times, HRF basis, drifts and confounds.
+
+Band power per volume window is convolved with an HRF basis (nilearn's
+``compute_regressor``) and sampled at the BOLD acquisition times (volume onset +
+slice-time reference). The default basis is the SPM canonical HRF with its temporal and
+dispersion derivatives (Friston et al. 1998), so a response that peaks earlier or later, or
+is wider, than the canonical one is still captured by the span of the three columns.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from nilearn.glm.first_level import compute_regressor, make_first_level_design_matrix
+
+
+def acquisition_times(volume_onsets_s: np.ndarray, slice_time_ref_s: float) -> np.ndarray:
+    """Time (EEG clock) that each BOLD volume represents."""
+    return np.asarray(volume_onsets_s, float) + float(slice_time_ref_s)
+
+
+def hrf_matrix(window_onsets_s: np.ndarray, window_length_s: float, frame_times: np.ndarray,
+               *, hrf_model: str = "spm", oversampling: int = 16) -> np.ndarray:
+    """Linear maps from per-window power to HRF-convolved regressors at ``frame_times``.
+
+    Column j of basis function b is the response (nilearn ``compute_regressor``) to a unit
+    block covering window j, so ``hrf_matrix(...)[b] @ power`` convolves any power series
+    with basis function b exactly.
+
+    Parameters
+    ----------
+    window_onsets_s : ndarray, shape (n_win,)
+        Window starts.
+    window_length_s : float
+        Window length.
+    frame_times : ndarray, shape (n_frames,)
+        BOLD acquisition times.
+    hrf_model : str
+        nilearn HRF model (``spm``, ``spm + derivative``, ``spm + derivative + dispersion``,
+        ``glover``...). The first basis function is always the canonical response.
+    oversampling : int
+        Temporal oversampling of the convolution.
+
+    Returns
+    -------
+    ndarray, shape (n_basis, n_frames, n_win)
+    """
+    frame_times = np.asarray(frame_times, float)
+    columns = []
+    for onset in np.asarray(window_onsets_s, float):
+        cond = np.array([[onset], [window_length_s], [1.0]])
+        reg, _ = compute_regressor(cond, hrf_model, frame_times, oversampling=oversampling,
+                                   min_onset=-24)
+        columns.append(reg)
+    return np.stack(columns, axis=-1).transpose(1, 0, 2)
+
+
+def standardize(x: np.ndarray, axis: int = 0) -> np.ndarray:
+    """Z-score along ``axis`` ignoring NaNs; NaNs (empty windows) become 0 (the mean)."""
+    x = np.asarray(x, float)
+    mu = np.nanmean(x, axis=axis, keepdims=True)
+    sd = np.nanstd(x, axis=axis, keepdims=True)
+    z = (x - mu) / np.where(sd > 0, sd, 1.0)
+    return np.nan_to_num(z)
+
+
+def nuisance_design(frame_times: np.ndarray, confounds: pd.DataFrame | None, *,
+                    high_pass_hz: float = 0.01) -> pd.DataFrame:
+    """Confounds (z-scored, NaN -> 0), cosine drifts below ``high_pass_hz`` and a constant."""
+    add = None
+    names = None
+    if confounds is not None and confounds.shape[1]:
+        add = standardize(confounds.to_numpy(float))
+        names = [str(c) for c in confounds.columns]
+    return make_first_level_design_matrix(np.asarray(frame_times, float), events=None,
+                                          drift_model="cosine", high_pass=high_pass_hz,
+                                          add_regs=add, add_reg_names=names)
+
+
+def residualize(y: np.ndarray, design: np.ndarray) -> np.ndarray:
+    """Least-squares residuals of the columns of ``y`` on ``design``."""
+    return y - design @ (np.linalg.pinv(design) @ y)
