@@ -113,8 +113,9 @@ class CircularShiftNull:
 
     def __init__(self, values: np.ndarray, window_runs: np.ndarray | None) -> None:
         values = np.asarray(values, dtype=np.float64)
-        observed = np.isfinite(values).all(axis=-1)  # (N, G)
-        self._values = np.where(np.isfinite(values), values, 0.0)
+        finite = np.isfinite(values)
+        observed = finite.all(axis=-1)  # (N, G)
+        self._values = values if finite.all() else np.where(finite, values, 0.0)
         patterns, group_class = np.unique(observed.T, axis=0, return_inverse=True)
         self.classes = [(np.flatnonzero(group_class.ravel() == k),
                          RunCircles.build(window_runs, patterns[k]))
@@ -129,37 +130,44 @@ class CircularShiftNull:
         return self.classes[0][1].shifted(win, rng, n_draws)
 
     # ------------------------------------------------------------------ per-run tables
-    def _features(self, k: int, quadratic: bool) -> tuple[np.ndarray, np.ndarray]:
-        """Run-centred ``(y^2, y)`` (or ``y``) of class ``k``, and the run means."""
-        key = ("features", k, quadratic)
+    def _run_features(self, k: int, quadratic: bool, r: int) -> np.ndarray:
+        """``(y^2, y)`` (or ``y``) of class ``k``'s groups in run ``r``, in position order."""
+        groups, circles = self.classes[k]
+        rows = self._values[circles.windows[r]]
+        y = rows if len(groups) == rows.shape[1] else rows[:, groups]
+        return np.concatenate([y**2, y], axis=-1) if quadratic else y
+
+    def _run_means(self, k: int, quadratic: bool) -> np.ndarray:
+        """``(R, G_k, K')`` run means of the features (the null mean of each window)."""
+        key = ("means", k, quadratic)
         if key not in self._cache:
-            groups, circles = self.classes[k]
-            y = self._values[:, groups]
-            feats = np.concatenate([y**2, y], axis=-1) if quadratic else y.copy()
-            means = np.stack([feats[w].mean(axis=0) for w in circles.windows])
-            for r, w in enumerate(circles.windows):
-                feats[w] -= means[r]
-            self._cache[key] = (feats, means)
+            self._cache[key] = np.stack([self._run_features(k, quadratic, r).mean(axis=0)
+                                         for r in range(len(self.classes[k][1].windows))])
         return self._cache[key]
+
+    def _centred(self, k: int, quadratic: bool, r: int) -> np.ndarray:
+        return self._run_features(k, quadratic, r) - self._run_means(k, quadratic)[r]
 
     def _autocov(self, k: int, quadratic: bool, r: int, lag: int) -> np.ndarray:
         """``Gamma_r(lag)``, ``(G_k, K', K')``: circular autocovariance in run ``r``."""
         key = ("autocov", k, quadratic, r, lag)
         if key not in self._cache:
-            yr = self._features(k, quadratic)[0][self.classes[k][1].windows[r]]
+            yr = self._centred(k, quadratic, r)
             self._cache[key] = np.einsum("wgk,wgl->gkl", yr, np.roll(yr, -lag, axis=0),
                                          optimize=True) / len(yr)
         return self._cache[key]
 
     def _spectrum(self, k: int, quadratic: bool, r: int) -> np.ndarray:
+        """Real FFT along the run of the centred features of run ``r`` (cached)."""
         key = ("spectrum", k, quadratic, r)
         if key not in self._cache:
-            yr = self._features(k, quadratic)[0][self.classes[k][1].windows[r]]
-            self._cache[key] = np.fft.rfft(yr, axis=0)
+            self._cache[key] = np.fft.rfft(self._centred(k, quadratic, r), axis=0)
         return self._cache[key]
 
     # ------------------------------------------------------------------ variance
     def _lag_sums(self, k, quadratic, coef, run, pos, unit, starts) -> np.ndarray:
+        """Variance as ``sum_{i,j} coef_i' Gamma(p_j - p_i) coef_j``, pair offset by pair
+        offset within each unit (units with few occurrences)."""
         lengths = np.array([len(w) for w in self.classes[k][1].windows])
         n = len(coef)
         acc = np.zeros(coef.shape[:2])
@@ -178,6 +186,8 @@ class CircularShiftNull:
         return segment_sum(acc, starts)
 
     def _circular(self, k, quadratic, coef, run, pos, unit, n_units) -> np.ndarray:
+        """Variance as the mean square over shifts of the circular cross-correlation of each
+        unit's coefficient series with the centred run (FFT; units in many windows)."""
         circles = self.classes[k][1]
         out = np.zeros((n_units, coef.shape[1]))
         for r, members in enumerate(circles.windows):
@@ -186,7 +196,11 @@ class CircularShiftNull:
                 continue
             units_r, row = np.unique(unit[sel], return_inverse=True)
             series = np.zeros((len(units_r), len(members), *coef.shape[1:]))
-            np.add.at(series, (row, pos[sel]), coef[sel])
+            cell = row * len(members) + pos[sel]
+            if len(np.unique(cell)) == len(cell):  # at most once per window: assign
+                series[row, pos[sel]] = coef[sel]
+            else:
+                np.add.at(series, (row, pos[sel]), coef[sel])
             spec = np.conj(np.fft.rfft(series, axis=1)) * self._spectrum(k, quadratic, r)
             corr = np.fft.irfft(spec.sum(axis=-1), n=len(members), axis=1)  # (u, L, G)
             out[units_r] += (corr**2).mean(axis=1)
@@ -246,7 +260,7 @@ class CircularShiftNull:
                                                                    axis=-1)
             ok = circles.run[win] >= 0
             coef = coef * ok[:, None, None]
-            run_means = self._features(k, quadratic)[1]
+            run_means = self._run_means(k, quadratic)
             e = (coef * run_means[np.where(ok, circles.run[win], 0)]).sum(axis=-1)
             e += c[:, groups].sum(axis=-1) * ok[:, None]
             count = segment_sum(ok.astype(float), starts)[:, None]
