@@ -114,12 +114,17 @@ class CircularShiftNull:
     def __init__(self, values: np.ndarray, window_runs: np.ndarray | None) -> None:
         values = np.asarray(values, dtype=np.float64)
         finite = np.isfinite(values)
-        observed = finite.all(axis=-1)  # (N, G)
-        self._values = values if finite.all() else np.where(finite, values, 0.0)
-        patterns, group_class = np.unique(observed.T, axis=0, return_inverse=True)
-        self.classes = [(np.flatnonzero(group_class.ravel() == k),
-                         RunCircles.build(window_runs, patterns[k]))
-                        for k in range(len(patterns))]
+        self._values = values
+        if finite.all():  # one class: every group defined in every window
+            self.classes = [(np.arange(values.shape[1]),
+                             RunCircles.build(window_runs, np.ones(len(values), bool)))]
+        else:
+            self._values = np.where(finite, values, 0.0)
+            observed = finite.all(axis=-1)  # (N, G)
+            patterns, group_class = np.unique(observed.T, axis=0, return_inverse=True)
+            self.classes = [(np.flatnonzero(group_class.ravel() == k),
+                             RunCircles.build(window_runs, patterns[k]))
+                            for k in range(len(patterns))]
         self._cache: dict[tuple, np.ndarray] = {}
 
     def shifted(self, win: np.ndarray, rng: np.random.Generator, n_draws: int) -> np.ndarray:
