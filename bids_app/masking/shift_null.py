@@ -200,14 +200,16 @@ class CircularShiftNull:
             if len(sel) == 0:
                 continue
             units_r, row = np.unique(unit[sel], return_inverse=True)
-            series = np.zeros((len(units_r), len(members), *coef.shape[1:]))
-            cell = row * len(members) + pos[sel]
-            if len(np.unique(cell)) == len(cell):  # at most once per window: assign
-                series[row, pos[sel]] = coef[sel]
+            n_r, length = len(units_r), len(members)
+            if len(sel) == n_r * length and np.array_equal(pos[sel],
+                                                           np.tile(np.arange(length), n_r)):
+                series = coef[sel].reshape(n_r, length, *coef.shape[1:])  # every window
             else:
+                series = np.zeros((n_r, length, *coef.shape[1:]))
                 np.add.at(series, (row, pos[sel]), coef[sel])
-            spec = np.conj(np.fft.rfft(series, axis=1)) * self._spectrum(k, quadratic, r)
-            corr = np.fft.irfft(spec.sum(axis=-1), n=len(members), axis=1)  # (u, L, G)
+            spec = np.einsum("ufgk,fgk->ufg", np.conj(np.fft.rfft(series, axis=1)),
+                             self._spectrum(k, quadratic, r))
+            corr = np.fft.irfft(spec, n=length, axis=1)  # (u, L, G)
             out[units_r] += (corr**2).mean(axis=1)
         return out
 
