@@ -47,9 +47,11 @@ EFFECT_COLUMNS: dict[str, dict[str, str]] = {
             "change of the predictive log-likelihood of the observed value caused by "
             "masking (negative: masking lost information).", "Units": "nat"},
     "z": {"LongName": "Null-standardised likelihood drop", "Description": "(-dll - null "
-          "mean) / null SD under the permuted-windows null.", "Units": "n/a"},
-    "p": {"LongName": "p-value", "Description": "One-sided permutation p-value of the "
-          "likelihood drop against targets of randomly drawn windows.", "Units": "n/a"},
+          "mean) / null SD, with the exact mean and SD over circular shifts of the "
+          "observed series within each run (keeps its autocorrelation).", "Units": "n/a"},
+    "p": {"LongName": "p-value", "Description": "One-sided p-value of the likelihood drop "
+          "under the circular-shift null (normal tail of z, or the rank among random run "
+          "shifts with pvalue = permutation).", "Units": "n/a"},
     "q": {"LongName": "q-value", "Description": "Benjamini-Hochberg FDR over all units x "
           "features of one unit kind, model and head; cross_outputs: BH within the unit "
           "scaled by units tested / units selected (Benjamini-Bogomolov), so q < level is "

@@ -31,6 +31,7 @@ from bids_app.masking.data import (
 )
 from bids_app.masking.omnibus import OmnibusTables, affine_decoder, output_targets
 from bids_app.masking.passes import PassContext, run_pass, significance
+from bids_app.masking.shift_null import CircularShiftNull
 
 logger = logging.getLogger(__name__)
 
@@ -205,20 +206,21 @@ def _context(model, data, kind, *, baseline, measure, pvalue, n_null, n_boot, ba
     """Everything the passes over one model and unit kind share."""
     ref, const_lv, mu0 = _unmasked_heads(model, data, kind, heads, device, batch_size, context)
     targets = {h: _targets(data, kind, h) for h in heads}
-    moments = {h: st.pool_moments(y) for h, y in targets.items()
-               if y is not None and pvalue == "gaussian"}
+    nulls = {h: CircularShiftNull(y, data.window_runs) for h, y in targets.items()
+             if y is not None}
     omnibus = None
     if "cross" in heads:
         decoder = affine_decoder(model.fmri_decoder if kind == "eeg" else model.eeg_decoder)
         if decoder is None:
             raise ValueError("VAE-1's decoders must be affine in their features with an "
                              "input-independent variance (GaussianDecoder) for masking.")
-        omnibus = OmnibusTables(decoder, mu0, output_targets(data.x_eeg, data.x_fmri, kind))
+        omnibus = OmnibusTables(decoder, mu0, output_targets(data.x_eeg, data.x_fmri, kind),
+                                data.window_runs)
     base = compute_baseline(data, kind, baseline)
     return PassContext(
         model=model, kind=kind, engine=_Engine(model, data, kind, device, batch_size, context),
         decode=lambda head, mu, lv: _decode(model, head, kind, mu, lv), ref=ref,
-        const_lv=const_lv, targets=targets, moments=moments, omnibus=omnibus,
+        const_lv=const_lv, targets=targets, nulls=nulls, omnibus=omnibus,
         occurrences_of=lambda units: occurrences(data, kind, units),
         deltas=lambda win, pos: _deltas(data, kind, base, win, pos), measure=measure,
         pvalue=pvalue, n_null=n_null, n_boot=n_boot, batch_size=batch_size, rng=rng)

@@ -15,10 +15,13 @@ whole-output statistic is then a linear or quadratic form in ``dphi``:
 * ``sum_f d_f^2 / v_f = dphi' A dphi`` with ``A = W' V^-1 W``,
 * the log-likelihood change of the observed output ``y`` of the window,
   ``dll = dphi' rho - dphi' A dphi / 2`` with ``rho = W' V^-1 (y - m0)``,
-* under the permuted-windows null (``y`` replaced by the output of a random window of the
-  pool), ``E[dll] = dphi' rho_bar - dphi' A dphi / 2`` with ``rho_bar = W' V^-1 (ybar - m0)``
-  and ``Var[dll] = dphi' B dphi`` with ``B = W' V^-1 Cov(y) V^-1 W`` (the full covariance of
-  the pool's output vectors, which only enters through this ``P x P`` matrix).
+* under the circular-shift null of :mod:`bids_app.masking.shift_null` (the observed
+  outputs of each run shifted against the windows), ``E[dll] = dphi' rho_bar -
+  dphi' A dphi / 2`` with ``rho_bar = W' V^-1 (ybar_r - m0)`` (``ybar_r`` the run mean),
+  and the variance of a unit's sum is that of ``sum_i dphi_i' W' V^-1 yc_{w_i + s}``
+  over shifts: the outputs enter only through their ``P``-dimensional projections
+  ``W' V^-1 yc`` (``yc`` centred per run), so the lagged covariances of all ``F``
+  outputs are ``P x P`` matrices.
 
 These are exactly the sums over outputs that per-output occlusion computes, at a cost of
 ``O(P^2)`` per masked (unit, window) instead of ``O(F P)``: the output layer never runs.
@@ -31,6 +34,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
+
+from bids_app.masking.shift_null import CircularShiftNull
+from bids_app.masking.statistics import segment_mean
 
 _CHECK_TOLERANCE = 1e-4
 
@@ -104,14 +110,16 @@ class OmnibusTables:
     mu0 : torch.Tensor
         ``(N, L)`` unmasked posterior means of the windows.
     targets : numpy.ndarray
-        ``(N, F)`` observed outputs of the windows (the permutation pool), in the
-        decoder's flattened output order.
+        ``(N, F)`` observed outputs of the windows, in the decoder's flattened output
+        order.
+    window_runs : numpy.ndarray | None
+        ``(N,)`` run of every window (the circles of the shift null); None: one run.
     chunk : int
         Windows per block (bounds the ``(chunk, F)`` temporaries).
     """
 
     def __init__(self, decoder: AffineDecoder, mu0: torch.Tensor, targets: np.ndarray,
-                 *, chunk: int = 256) -> None:
+                 window_runs: np.ndarray | None = None, *, chunk: int = 256) -> None:
         self.decoder = decoder
         self.n_outputs = decoder.weight.shape[0]
         phi0 = decoder.features(mu0).double().cpu().numpy()
@@ -120,46 +128,38 @@ class OmnibusTables:
             return phi0[start : start + chunk] @ decoder.weight.T + decoder.bias
 
         n = len(targets)
-        ybar, sse = np.zeros(self.n_outputs), np.zeros(self.n_outputs)
+        sse = np.zeros(self.n_outputs)
         for s in range(0, n, chunk):
             y = np.asarray(targets[s : s + chunk], dtype=np.float64)
-            ybar += y.sum(axis=0)
             sse += ((y - mean(s)) ** 2).sum(axis=0)
-        ybar /= max(n, 1)
         self.variance = calibrated_variance(sse, n)
         wp = decoder.weight / self.variance[:, None]  # V^-1 W, (F, P)
         a = decoder.weight.T @ wp
         p = wp.shape[1]
         # W' V^-1 y and W' V^-1 m0 of every window (rho = their difference)
         self.y_proj, self.m0_proj = np.empty((n, p)), np.empty((n, p))
-        gram = np.zeros((p, p))
         for s in range(0, n, chunk):
-            y = np.asarray(targets[s : s + chunk], dtype=np.float64)
-            m0 = mean(s)
-            self.y_proj[s : s + chunk] = y @ wp
-            self.m0_proj[s : s + chunk] = m0 @ wp
-            g = (y - ybar) @ wp
-            gram += g.T @ g
-        b = gram / max(n, 1)
-        # Joint diagonalisation: with A = U S U' (range of A; B's range lies inside it),
-        # s = M' dphi, M = U S^1/2 Q and Q' (S^-1/2 U' B U S^-1/2) Q = diag(lam), gives
-        # dphi' A dphi = |s|^2, dphi' B dphi = sum(lam s^2) and dphi' rho = s . (M^+ rho)
-        # (M^+ = Q' S^-1/2 U', a partial isometry of V^-1/2 (y - m0): no amplification).
+            self.y_proj[s : s + chunk] = np.asarray(targets[s : s + chunk],
+                                                    dtype=np.float64) @ wp
+            self.m0_proj[s : s + chunk] = mean(s) @ wp
+        # Whitening: with A = U S U' (range of A, which holds every rho), s = M' dphi with
+        # M = U S^1/2 gives dphi' A dphi = |s|^2 and dphi' rho = s . (M^+ rho)
+        # (M^+ = S^-1/2 U', a partial isometry of V^-1/2 (y - m0): no amplification).
         evals, evecs = np.linalg.eigh(a)
         keep = evals > max(float(evals.max(initial=0.0)), 1e-300) * 1e-10
         u, root = evecs[:, keep], np.sqrt(evals[keep])
-        b_white = (u / root).T @ b @ (u / root)
-        lam, q = np.linalg.eigh(0.5 * (b_white + b_white.T))
-        proj = (u * root) @ q  # M, (P, r)
-        pinv = (u / root) @ q  # M^+', (P, r)
+        proj, pinv = u * root, u / root  # M and M^+', (P, r)
+        run_mean = _run_means(self.y_proj, window_runs)  # W' V^-1 ybar_r of each window
+        #: circular-shift null of the whitened, run-centred outputs (one group of r)
+        self.shift = CircularShiftNull(((self.y_proj - run_mean) @ pinv)[:, None, :],
+                                       window_runs)
         # per-occurrence work runs in float32 on the model's device (the forward pass's
-        # precision): one product gives both quadratic forms, one gather both residuals
+        # precision): one product gives the quadratic form, one gather both residuals
         dev = decoder.module.skip.weight.device
         self._phi0 = torch.as_tensor(phi0, dtype=torch.float32, device=dev)
         self._proj = torch.as_tensor(proj, dtype=torch.float32, device=dev)
-        self._lam = torch.as_tensor(np.maximum(lam, 0.0), dtype=torch.float32, device=dev)
         self._rho = torch.as_tensor(np.stack([(self.y_proj - self.m0_proj) @ pinv,
-                                              (ybar @ wp - self.m0_proj) @ pinv], axis=1),
+                                              (run_mean - self.m0_proj) @ pinv], axis=1),
                                     dtype=torch.float32, device=dev)
 
     def occurrences(self, mu1: torch.Tensor, win: np.ndarray) -> dict[str, np.ndarray]:
@@ -169,34 +169,49 @@ class OmnibusTables:
         -------
         dict
             ``(n,)`` arrays: ``q`` (``sum_f d_f^2 / v_f``), ``dll`` (log-likelihood change
-            summed over outputs), ``null_mean`` and ``null_var`` (its moments under the
-            permuted-windows null); and ``dphi`` ``(n, P)`` tensor (for null draws).
+            summed over outputs), ``null_mean`` (its mean under the circular-shift null);
+            ``s`` ``(n, r)`` whitened feature change (the coefficients of the null
+            variance, see :meth:`null_sd`) and ``dphi`` ``(n, P)`` tensor (null draws).
         """
         win_t = torch.as_tensor(win, device=self._phi0.device)
         with torch.no_grad():
             dphi = self.decoder.features(mu1) - self._phi0[win_t]
             s = dphi @ self._proj
             s2 = s * s
-            q, var = torch.stack([s2.sum(dim=1), s2 @ self._lam]).double().cpu().numpy()
+            q = s2.sum(dim=1).double().cpu().numpy()
             # dphi' rho (residual), dphi' rho_bar (null mean)
             lin = torch.bmm(self._rho[win_t], s[:, :, None])[:, :, 0].double().cpu().numpy()
         return {"q": q, "dll": lin[:, 0] - 0.5 * q, "null_mean": lin[:, 1] - 0.5 * q,
-                "null_var": var, "dphi": dphi}
+                "s": s.double().cpu().numpy(), "dphi": dphi}
+
+    def null_sd(self, s: np.ndarray, win: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        """``(U,)`` exact SD over circular shifts of each unit's ``-mean(dll)``."""
+        var = self.shift.variance(s[:, None, :], win, starts)[:, 0]
+        return np.sqrt(np.maximum(var, 0.0)) / np.diff(starts)
 
     def null_draws(self, dphi: torch.Tensor, q: np.ndarray, win: np.ndarray,
                    starts: np.ndarray, n_null: int, rng: np.random.Generator) -> np.ndarray:
         """``(n_null, U)`` null draws of ``-mean(dll)``: each occurrence scored against the
-        output of a randomly drawn window of the pool."""
-        from bids_app.masking.statistics import segment_mean
-
+        output of its window shifted circularly within the run (one random shift per run
+        and draw)."""
         dphi = dphi.double().cpu().numpy()
         out = np.empty((n_null, len(starts) - 1))
         base = (dphi * self.m0_proj[win]).sum(axis=1) + 0.5 * q
-        for k in range(n_null):
-            j = rng.integers(0, len(self.y_proj), size=len(win))
+        shifted = self.shift.classes[0][1].shifted(win, rng, n_null)
+        for k, j in enumerate(shifted):
             dll = (dphi * self.y_proj[j]).sum(axis=1) - base
             out[k] = -segment_mean(dll, starts)
         return out
+
+
+def _run_means(values: np.ndarray, window_runs: np.ndarray | None) -> np.ndarray:
+    """Mean of ``values`` over the windows of each run, broadcast back to every window."""
+    if window_runs is None:
+        return np.broadcast_to(values.mean(axis=0), values.shape).copy()
+    codes = np.unique(np.asarray(window_runs), return_inverse=True)[1].ravel()
+    sums = np.zeros((codes.max() + 1, values.shape[1]))
+    np.add.at(sums, codes, values)
+    return (sums / np.bincount(codes)[:, None])[codes]
 
 
 def calibrated_variance(sse: np.ndarray, n: int) -> np.ndarray:

@@ -38,8 +38,9 @@ class PassContext:
     ref, const_lv
         Unmasked ``(mean, logvar)`` per head and the input-independent log-variance (or
         None) per head.
-    targets, moments
-        Observed values per head and their pool moments (Gaussian p-values).
+    targets, nulls
+        Observed values per head and their circular-shift nulls
+        (:class:`~bids_app.masking.shift_null.CircularShiftNull`).
     omnibus : OmnibusTables | None
         Tables of the whole-output ``cross`` head.
     base, occurrences_of
@@ -57,7 +58,7 @@ class PassContext:
     ref: dict
     const_lv: dict
     targets: dict
-    moments: dict
+    nulls: dict
     omnibus: OmnibusTables | None
     occurrences_of: Any
     deltas: Any
@@ -88,10 +89,8 @@ def _omnibus_stats(ctx: PassContext, mu1: torch.Tensor, win: np.ndarray, local: 
     kl = 0.5 * q[:, None]
     dll = occ["dll"][:, None]
     if ctx.pvalue == "gaussian":
-        n = np.diff(local).astype(float)[:, None]
         out.setdefault("null_mean", []).append(-st.segment_mean(occ["null_mean"][:, None], local))
-        out.setdefault("null_sd", []).append(
-            np.sqrt(st.segment_sum(occ["null_var"][:, None], local)) / n)
+        out.setdefault("null_sd", []).append(ctx.omnibus.null_sd(occ["s"], win, local)[:, None])
     elif ctx.n_null > 0:
         draws = ctx.omnibus.null_draws(occ["dphi"], q, win, local, ctx.n_null, ctx.rng)
         out.setdefault("null", []).append(draws[:, :, None])
@@ -122,14 +121,15 @@ def _head_stats(ctx: PassContext, head: str, mu1, lv1, win, local, out: dict):
     if y is None:
         dll = np.full_like(smd, np.nan)
     elif ctx.pvalue == "gaussian":
-        mean, sd = st.null_moments(a, b, c, ctx.moments[head], local, weights=obs)
+        mean, sd = ctx.nulls[head].moments(a, b, c, win, local)
         out.setdefault("null_mean", []).append(mean)
         out.setdefault("null_sd", []).append(sd)
     elif obs is not None:
         raise ValueError("pvalue='permutation' needs every output observed in every masked "
                          "window; use pvalue='gaussian'.")
     elif ctx.n_null > 0:
-        out.setdefault("null", []).append(st.null_draws(a, b, c, y, local, ctx.n_null, ctx.rng))
+        shifted = ctx.nulls[head].shifted(win, ctx.rng, ctx.n_null)
+        out.setdefault("null", []).append(st.null_draws(a, b, c, y, local, shifted))
     return {"smd": smd, "kl": kl, "dll": dll, "obs": obs}
 
 

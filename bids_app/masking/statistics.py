@@ -10,11 +10,18 @@ then averaged over the occurrences of a unit:
 * change of the predictive log-likelihood of the observed value ``y`` of the window,
   ``dll = log N(y; m1, v1) - log N(y; m0, v0)`` (summed over a group).
 
-Significance tests the likelihood drop ``-dll``: under the null hypothesis that the
-change a unit causes carries no information about the observed value, the observed ``y``
-of a window is exchangeable with the value of a random other window. ``dll`` is quadratic
-in ``y`` (``a y^2 + b y + c``), so each null draw re-evaluates stored coefficients at the
-values of randomly drawn windows ("permuted windows") without another forward pass.
+Significance tests the likelihood drop ``-dll``. The null hypothesis is that the series
+of changes a unit causes (one per window it is masked in) carries no information about
+the series of observed values. What is exchangeable under it is the *alignment* of the
+two series within a run, not single windows: windows overlap and BOLD, EEG power and
+stimulus features are autocorrelated, so the value of one window is not exchangeable
+with that of a random other window (drawing windows independently underestimates the
+variance of a sum over consecutive windows). Shifting the observed series circularly
+within each run keeps its autocorrelation, and for a stationary series every shift is as
+likely as the observed one; :mod:`bids_app.masking.shift_null` gives the exact mean and
+variance over all shifts. ``dll`` is quadratic in ``y`` (``a y^2 + b y + c``), so each
+null draw re-evaluates stored coefficients at the values of shifted windows without
+another forward pass (:func:`null_draws`).
 """
 
 from __future__ import annotations
@@ -54,7 +61,7 @@ class HeadEffects:
         ``(U, G)`` bootstrap interval of ``effect`` over windows.
     z, p : numpy.ndarray
         ``(U, G)`` likelihood drop standardised against, and one-sided p-value from, the
-        permutation null (NaN for the latent head, which has no observed value).
+        circular-shift null (NaN for the latent head, which has no observed value).
     q : numpy.ndarray
         ``(U, G)`` Benjamini-Hochberg q-values over all units x outputs of the head.
     """
@@ -181,106 +188,34 @@ def segment_mean(values: np.ndarray, starts: np.ndarray, axis: int = 0,
     return sums / counts.reshape(shape)
 
 
-def null_draws(a, b, c, pool: np.ndarray, starts: np.ndarray, n_null: int,
-               rng: np.random.Generator, *, budget: int = 2**23) -> np.ndarray:
-    """Likelihood drop of each unit for targets of randomly drawn windows.
+def null_draws(a, b, c, pool: np.ndarray, starts: np.ndarray, windows: np.ndarray, *,
+               budget: int = 2**23) -> np.ndarray:
+    """Likelihood drop of each unit for the targets of other (e.g. shifted) windows.
 
     Parameters
     ----------
     a, b, c : numpy.ndarray
         ``(n, G, K)`` coefficients of the occurrences (grouped by unit by ``starts``).
     pool : numpy.ndarray
-        ``(N, G, K)`` observed values of every window (the permutation pool).
+        ``(N, G, K)`` observed values of every window.
     starts : numpy.ndarray
         Segment offsets of the units.
-    n_null : int
-        Number of draws.
-    rng : numpy.random.Generator
-        Source of the draws.
+    windows : numpy.ndarray
+        ``(n_null, n)`` window whose values each occurrence is scored against in each
+        draw (see :meth:`bids_app.masking.shift_null.RunCircles.shifted`).
 
     Returns
     -------
     numpy.ndarray
         ``(n_null, U, G)`` null values of the statistic ``-mean(dll)``.
     """
-    n = b.shape[0]
     a = np.zeros_like(b) if a is None else a
     block = max(1, budget // max(1, a.size))
     out = []
-    for k in range(0, n_null, block):
-        kb = min(block, n_null - k)
-        y = pool[rng.integers(0, pool.shape[0], size=(kb, n))]
+    for k in range(0, len(windows), block):
+        y = pool[windows[k : k + block]]
         out.append(-segment_mean(loglik_change(y, a, b, c), starts, axis=1))
     return np.concatenate(out, axis=0)
-
-
-def pool_moments(pool: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and covariance of ``(y^2, y)`` per output group over the windows of ``pool``.
-
-    Parameters
-    ----------
-    pool : numpy.ndarray
-        ``(N, G, K)`` observed values of every window.
-
-    Returns
-    -------
-    mean : numpy.ndarray
-        ``(G, 2K)``.
-    cov : numpy.ndarray
-        ``(G, 2K, 2K)``.
-    """
-    observed = np.isfinite(pool).all(axis=-1)  # (N, G): a group is observed or not
-    if observed.all():
-        y = np.concatenate([pool**2, pool], axis=-1)
-        mean = y.mean(axis=0)
-        yc = (y - mean).transpose(1, 0, 2)  # (G, N, 2K): one BLAS product per group
-        return mean, np.matmul(yc.transpose(0, 2, 1), yc) / y.shape[0]
-    # moments of each group over the windows where it is observed
-    w = observed[..., None].astype(float)
-    y0 = np.where(observed[..., None], pool, 0.0)
-    y = np.concatenate([y0**2, y0], axis=-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        n = w.sum(axis=0)  # (G, 1)
-        mean = (y * w).sum(axis=0) / n
-        yc = ((y - mean) * w).transpose(1, 0, 2)
-        cov = np.matmul(yc.transpose(0, 2, 1), yc) / n[:, :, None]
-    return mean, cov
-
-
-def null_moments(a, b, c, moments: tuple[np.ndarray, np.ndarray], starts: np.ndarray,
-                 weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Exact mean and SD of the null statistic (infinitely many window draws).
-
-    ``a`` may be None (no quadratic term, see :func:`homoscedastic_stats`). ``weights``
-    (``(n, G)``, 0/1) restricts each unit's statistic to the occurrences where the group
-    is observed (the pool moments then come from its observed windows).
-
-    A null draw evaluates each occurrence's ``dll`` at the values of an independently drawn
-    window, so the unit's statistic ``-mean(dll)`` has mean ``-mean_i E_i`` and variance
-    ``sum_i Var_i / n^2``, with ``E_i`` and ``Var_i`` linear and quadratic forms of the
-    pool moments of ``(y^2, y)``. :func:`null_draws` samples the same distribution.
-
-    Returns
-    -------
-    mean, sd : numpy.ndarray
-        ``(U, G)``.
-    """
-    mean_y, cov_y = moments
-    if a is None:  # linear dll: only the moments of y (second half of the blocks) matter
-        k = b.shape[-1]
-        coef, mean_y, cov_y = b, mean_y[:, k:], cov_y[:, k:, k:]
-    else:
-        coef = np.concatenate([a, b], axis=-1)
-    e = (coef * mean_y).sum(axis=-1) + c.sum(axis=-1)
-    # quadratic forms coef_i' cov_g coef_i as batched BLAS products, group by group
-    var = (np.matmul(coef.transpose(1, 0, 2), cov_y).transpose(1, 0, 2) * coef).sum(axis=-1)
-    if weights is not None:
-        n = segment_sum(weights.astype(float), starts)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return (-segment_sum(np.where(weights, e, 0.0), starts) / n,
-                    np.sqrt(segment_sum(np.where(weights, var, 0.0), starts)) / n)
-    n = np.diff(starts).astype(float)[:, None]
-    return -segment_mean(e, starts), np.sqrt(segment_sum(var, starts)) / n
 
 
 def bootstrap_ci(values: np.ndarray, starts: np.ndarray, n_boot: int,
