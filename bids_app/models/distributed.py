@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
     if rank == 0:
         (args.out / f"{args.model}.pt").write_bytes(model_bytes(result.model))
-        (args.out / "metrics.json").write_text(json.dumps(result.metrics(), indent=2))
+        (args.out / "metrics.json").write_text(json.dumps(result.metrics(timing=True), indent=2))
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()

@@ -39,6 +39,9 @@ from bids_app.models.vae import MultimodalVAE, StimulusVAE, build_model
 logger = logging.getLogger(__name__)
 
 Model = MultimodalVAE | StimulusVAE
+#: Per-epoch fields that depend on the machine and its load, not on the data and seed.
+TIMING_KEYS = frozenset({"seconds", "windows_per_s", "gpu_peak_allocated_gb",
+                         "gpu_peak_reserved_gb", "gpu_utilisation_percent"})
 
 
 @dataclass
@@ -77,8 +80,18 @@ class TrainResult:
     resumed_from: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def metrics(self) -> dict[str, Any]:
-        """JSON-serialisable summary."""
+    def metrics(self, *, timing: bool = False) -> dict[str, Any]:
+        """JSON-serialisable summary.
+
+        Parameters
+        ----------
+        timing : bool
+            Keep the wall-clock and device-memory fields of each epoch
+            (:data:`TIMING_KEYS`). Off for the model sidecars, which must be identical
+            between two runs with the same seed; :meth:`performance` summarises them.
+        """
+        history = self.history if timing else [
+            {k: v for k, v in h.items() if k not in TIMING_KEYS} for h in self.history]
         return {
             "best_epoch": self.best_epoch,
             "best_val_loss": self.best_val_loss,
@@ -87,9 +100,21 @@ class TrainResult:
             "world_size": self.world_size,
             "device": self.device,
             "resumed_from": self.resumed_from,
-            "history": self.history,
+            "history": history,
             **self.extra,
         }
+
+    def performance(self) -> dict[str, float]:
+        """Mean throughput and peak device memory over the epochs (varies run to run)."""
+        if not self.history:
+            return {}
+        out = {"seconds": float(sum(h["seconds"] for h in self.history)),
+               "windows_per_s": float(np.mean([h["windows_per_s"] for h in self.history]))}
+        for key in ("gpu_peak_allocated_gb", "gpu_utilisation_percent"):
+            values = [h[key] for h in self.history if key in h]
+            if values:
+                out[key] = float(max(values) if key.endswith("_gb") else np.mean(values))
+        return out
 
 
 def resolve_device(device: str = "auto") -> torch.device:

@@ -256,6 +256,8 @@ def run_models_workflow(output_dir: Path, config: Any, writer: Any) -> ModelsRes
     summary = {k: {m: v for m, v in d.items() if not isinstance(v, list | dict)}
                for k, d in metrics.items()}  # fmt: skip
     logger.info("group models: %s", json.dumps(summary, default=float))
+    for name, res in results.items():  # machine-dependent, so in the log, not the sidecar
+        logger.info("%s training performance: %s", name, json.dumps(res.performance()))
     return result
 
 
