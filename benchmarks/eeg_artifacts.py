@@ -34,6 +34,7 @@ import platform
 import sys
 import time
 import tracemalloc
+from dataclasses import replace
 from pathlib import Path
 
 import mne
@@ -47,19 +48,26 @@ from bids_app.eeg.gradient import remove_gradient_artifact  # noqa: E402
 from bids_app.eeg.kernels import n_threads  # noqa: E402
 from bids_app.natview import facts as nv  # noqa: E402
 from bids_app.simulate.artifacts import simulate_artifacts  # noqa: E402
+from bids_app.simulate.realism import (  # noqa: E402
+    SIDECAR_SLICE_TIMING,
+    resolve_realism,
+    sidecar_slice_timing,
+    volume_marker_samples,
+)
 
 SCALES = {"tiny": 20, "demo": 60, "natview": 289}
 SFREQ = nv.EEG_SFREQ
 TR_SAMPLES = int(round(nv.TR * SFREQ))
 
 
-def simulate(n_volumes: int, seed: int = 0):
+def simulate(n_volumes: int, seed: int = 0, realism: str = "ideal"):
     """Recording (RawArray), truth without gradient and noise, noise, BCG, R-peaks."""
     rng = np.random.default_rng(seed)
     extra = int(3 * SFREQ)
     n = 2 * extra + TR_SAMPLES * n_volumes
-    onsets = extra + TR_SAMPLES * np.arange(n_volumes)
-    art = simulate_artifacts(n, SFREQ, onsets / SFREQ, nv.slice_timing(), rng)
+    onsets = volume_marker_samples(extra, n_volumes, TR_SAMPLES, resolve_realism(realism))
+    art = simulate_artifacts(n, SFREQ, onsets / SFREQ, nv.slice_timing(), rng,
+                             realism=realism)  # fmt: skip
     eeg = [nv.CHANNEL_NAMES.index(c) for c in nv.EEG_CHANNELS]
     clean = np.zeros((64, n), dtype=np.float32)
     bg = signal.lfilter([1.0], [1.0, -0.999], rng.standard_normal((len(eeg), n),
@@ -83,10 +91,11 @@ def simulate(n_volumes: int, seed: int = 0):
     return raw, clean, art.noise, art.bcg, art.r_peaks_s, onsets
 
 
-def simulate_cached(n_volumes: int, cache: Path | None):
+def simulate_cached(n_volumes: int, cache: Path | None, realism: str = "ideal"):
     """:func:`simulate`, loaded from / saved to ``cache`` (a folder) when given."""
     names = ("data", "clean", "noise", "bcg", "r_peaks", "onsets")
-    files = [cache / f"eeg_artifacts_{n_volumes}_{k}.npy" for k in names] if cache else []
+    files = [cache / f"eeg_artifacts_{realism}_{n_volumes}_{k}.npy" for k in names] if cache \
+        else []  # fmt: skip
     if files and all(f.exists() for f in files):
         data, clean, noise, bcg, r_peaks, onsets = (np.load(f) for f in files)
         info = mne.create_info(list(nv.CHANNEL_NAMES), SFREQ,
@@ -94,7 +103,7 @@ def simulate_cached(n_volumes: int, cache: Path | None):
         raw = mne.io.RawArray(data, info, verbose=False)
         raw.set_annotations(mne.Annotations(onsets / SFREQ, 0.0, "Response/R128"))
         return raw, clean, noise, bcg, r_peaks, onsets
-    raw, *rest = simulate(n_volumes)
+    raw, *rest = simulate(n_volumes, realism=realism)
     if files:
         cache.mkdir(parents=True, exist_ok=True)
         for f, arr in zip(files, [raw._data, *rest]):
@@ -151,6 +160,9 @@ def main(argv=None) -> str:
     parser.add_argument("--scale", choices=sorted(SCALES), default="tiny")
     parser.add_argument("--channels", type=int, default=16,
                         help="EEG channels scored (all 64 are always processed)")
+    parser.add_argument("--realism", choices=("ideal", "hard"), default="ideal",
+                        help="artifact realism (bids_app.simulate.realism); hard also scores "
+                        "the gradient step with correct, absent and wrong SliceTiming")
     parser.add_argument("--output", type=Path, default=None)
     parser.add_argument("--cache", type=Path, default=None,
                         help="folder keeping the simulated recording between runs")
@@ -160,7 +172,7 @@ def main(argv=None) -> str:
     n_vol = SCALES[args.scale]
     load = os.getloadavg()[0]
     t0 = time.perf_counter()
-    raw, clean, noise, bcg, r_peaks, onsets = simulate_cached(n_vol, args.cache)
+    raw, clean, noise, bcg, r_peaks, onsets = simulate_cached(n_vol, args.cache, args.realism)
     print(f"simulated {n_vol} volumes x 64 channels in {time.perf_counter() - t0:.0f} s",
           file=sys.stderr)  # fmt: skip
     eeg = [nv.CHANNEL_NAMES.index(c) for c in nv.EEG_CHANNELS]
@@ -175,10 +187,16 @@ def main(argv=None) -> str:
         rows.append((name, seconds, mib, r, d, c))
         print(rows[-1], file=sys.stderr)
 
-    (ours, grep), sec, mib = measure(lambda: remove_gradient_artifact(
-        raw, slice_timing=nv.slice_timing(), tr=nv.TR, n_jobs=args.n_jobs))
-    record("gradient: eegfmri (slice template + alignment + OBS, 70 Hz LP)",
-           ours._data[picks], sec, mib)  # fmt: skip
+    real = resolve_realism(args.realism)
+    # "correct" last: its output feeds the BCG rows
+    variants = sorted(SIDECAR_SLICE_TIMING, key="correct".__eq__) if real.hard else ["correct"]
+    for variant in variants:
+        timing = sidecar_slice_timing(nv.slice_timing(), nv.TR, replace(
+            real, sidecar_slice_timing=variant))  # fmt: skip
+        (ours, grep), sec, mib = measure(lambda timing=timing: remove_gradient_artifact(
+            raw, slice_timing=timing, n_slices=nv.N_SLICES, tr=nv.TR, n_jobs=args.n_jobs))
+        record(f"gradient: eegfmri (slice template + alignment + OBS, 70 Hz LP), SliceTiming "
+               f"{variant}", ours._data[picks], sec, mib)  # fmt: skip
     total = [sec, mib]
     (anc, _), sec, mib = measure(lambda: remove_gradient_artifact(
         raw, slice_timing=nv.slice_timing(), tr=nv.TR, anc=True, n_jobs=args.n_jobs))
@@ -217,7 +235,7 @@ def main(argv=None) -> str:
                f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, eegfmri "
                f"n_jobs={n_threads(args.n_jobs)}, load average "
                f"{load:.1f} at the start")  # fmt: skip
-    text = (f"Scale `{args.scale}`: {n_vol} volumes, 64 channels, "
+    text = (f"Scale `{args.scale}`, realism `{args.realism}`: {n_vol} volumes, 64 channels, "
             f"{raw.n_times / SFREQ:.0f} s at 5 kHz; {len(picks)} EEG channels scored; "
             f"{grep.n_volumes} volumes x {grep.n_slices} slices; heart rate "
             f"{brep.heart_rate_bpm:.0f} bpm. Machine: {machine}.\n\n" + header + body
