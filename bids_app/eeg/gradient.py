@@ -299,11 +299,7 @@ def _correct_chunk(plan: _Plan, x: np.ndarray, *, obs_components, do_obs, anc):
     del zs, ts
     tspec *= (num / np.maximum(den, 1e-30))[..., None]
     if plan.basis is not None:  # what the template misses, fitted above obs_highpass
-        resid = (spec - tspec).reshape(x.shape[0], plan.n_volumes, plan.n_slices,
-                                       -1).mean(axis=1)  # fmt: skip
-        fit = fit_shapes(resid, plan.basis, plan.hf0, plan.obs_cols)
-        tspec += np.broadcast_to(fit[:, None], (x.shape[0], plan.n_volumes, plan.n_slices,
-                                                fit.shape[-1])).reshape(tspec.shape)
+        tspec += fit_shapes(spec - tspec, plan.basis, plan.hf0, plan.obs_cols)
     del spec
     tspec *= np.conj(plan.advance)[None]
     back = sfft.irfft(tspec, n=plan.n_fft, axis=-1)[..., : plan.width]

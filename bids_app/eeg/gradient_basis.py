@@ -13,11 +13,11 @@ from each slice epoch without letting EEG into the fit:
    high-passed at the template frequency; the EEG averages out of these means (thousandths
    of the artifact), so the components are artifact shapes. The ECG is left out: its beats
    do not average out of a few volumes.
-2. :func:`fit_shapes`: per channel and slice position, the least-squares coefficients of
-   the shapes on the template's residual averaged over the volumes, above
-   ``obs_highpass`` (where the EEG has no power) and on the columns every slice owns; the
-   full-band shapes times these coefficients are added to the template of that slice
-   position in every volume.
+2. :func:`fit_shapes`: per channel and slice epoch, the least-squares coefficients of the
+   shapes on the template's residual above ``obs_highpass`` (where the EEG has no power)
+   and on the columns every slice owns; the full-band shapes times these coefficients are
+   added to the epoch's template. Fitted per epoch, they follow a head movement at once
+   (a template of neighbouring slices straddles it for a volume or two).
 """
 
 from __future__ import annotations
