@@ -2,7 +2,9 @@
 
 Method (Allen et al. 2000; Niazy et al. 2005), slice-wise and vectorised:
 
-1. Slice epochs start at every slice onset (from the volume triggers and the SliceTiming);
+1. Slice epochs start at every slice onset (volume triggers plus the onsets within a volume
+   measured from the artifact, the sidecar's SliceTiming as a prior:
+   :mod:`bids_app.eeg.slice_timing`);
    each epoch is a window of the data high-passed at ``template_highpass`` (5 Hz) for
    template estimation, so slow EEG and the pulse artifact stay out of the templates.
 2. Sub-sample alignment: every epoch is shifted by its fractional onset plus a correction
@@ -11,7 +13,10 @@ Method (Allen et al. 2000; Niazy et al. 2005), slice-wise and vectorised:
    interpolation (FASTR too aligns on one channel and applies the shifts to all).
 3. Template: Hann-weighted moving average of the ``window`` neighbouring aligned epochs on
    each side (the epoch itself excluded), computed by FFT along the epoch axis and scaled
-   to each epoch by least squares on its content above 70 Hz (where EEG has no power).
+   to each epoch by least squares on its content above 70 Hz (where EEG has no power);
+   then the mixture of slice shapes (:mod:`bids_app.eeg.gradient_basis`) that explains the
+   epoch's remaining content above 70 Hz is added to it, full band (slices that differ,
+   volume amplitude changes, head movements).
 4. Optimal basis set: PCA of the residuals high-passed above ``obs_highpass`` (the part a
    mean template cannot follow), the number of components chosen per channel from the
    Marchenko-Pastur edge of the eigenvalue spectrum, fitted and subtracted per epoch.
