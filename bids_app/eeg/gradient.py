@@ -47,7 +47,7 @@ from scipy import fft as sfft
 from scipy import signal
 
 from bids_app.eeg.anc import adaptive_noise_cancel, anc_geometry
-from bids_app.eeg.gradient_basis import fit_shapes, shape_basis
+from bids_app.eeg.gradient_basis import fit_matrix, fit_shapes, shape_basis
 from bids_app.eeg.kernels import copy_for_rewrite, n_threads, zero_phase
 from bids_app.eeg.slice_timing import SliceTimingReport, choose_slice_offsets
 from bids_app.eeg.triggers import TriggerReport, find_volume_triggers
@@ -244,7 +244,7 @@ class _Plan:
         ok = den > 1e-3 * den.max()
         self.inv_den = np.where(ok, 1.0 / np.where(ok, den, 1.0), 0.0).astype(np.float32)
         self.advance = None
-        self.basis = None
+        self.basis = self.shape_matrix = None
 
     def epochs(self, x: np.ndarray) -> np.ndarray:
         """Slice epochs (channels, epochs, n_fft; zero after ``width``) of ``x``."""
@@ -276,6 +276,8 @@ class _Plan:
             z = z.reshape(z.shape[0], self.n_volumes, self.n_slices, -1)[:, full]
             means.append(z.mean(axis=1).reshape(-1, self.width))
         self.basis = shape_basis(np.concatenate(means), self.n_fft, self.obs_cols, self.hf0)
+        if self.basis is not None:
+            self.shape_matrix = fit_matrix(self.basis, self.hf0, self.obs_cols)
 
     def moving_template(self, z: np.ndarray) -> np.ndarray:
         """Hann-weighted masked mean of the neighbouring epochs (the epoch excluded)."""
@@ -304,7 +306,8 @@ def _correct_chunk(plan: _Plan, x: np.ndarray, *, obs_components, do_obs, anc):
     del zs, ts
     tspec *= (num / np.maximum(den, 1e-30))[..., None]
     if plan.basis is not None:  # what the template misses, fitted above obs_highpass
-        tspec += fit_shapes(spec - tspec, plan.basis, plan.hf0, plan.obs_cols)
+        tspec += fit_shapes(spec[..., plan.hf0 :] - tspec[..., plan.hf0 :], plan.basis,
+                            plan.shape_matrix)  # fmt: skip
     del spec
     tspec *= np.conj(plan.advance)[None]
     back = sfft.irfft(tspec, n=plan.n_fft, axis=-1)[..., : plan.width]

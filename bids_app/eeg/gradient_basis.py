@@ -68,13 +68,16 @@ def shape_basis(mean_epochs: np.ndarray, n_fft: int, cols: slice, hf0: int, *,
     return spec.astype(np.complex64) if spec.shape[0] else None
 
 
-def fit_shapes(resid: np.ndarray, basis: np.ndarray, hf0: int, cols: slice) -> np.ndarray:
-    """Full-band shape mixture that best explains each epoch's residual above ``hf0``.
+def fit_matrix(basis: np.ndarray, hf0: int, cols: slice) -> np.ndarray:
+    """Matrix giving the shape coefficients of a residual from its spectrum above ``hf0``.
+
+    The least-squares coefficients of the shapes' content above ``hf0`` on the columns
+    ``cols``, fitted to the same content of a residual, are a linear function of the
+    residual's spectrum from bin ``hf0`` on (real and imaginary parts interleaved, as
+    ``complex64.view(float32)`` lays them out); this returns that function.
 
     Parameters
     ----------
-    resid : ndarray, shape (n_channels, n_epochs, n_bins), complex64
-        Residual spectra (aligned epochs minus template).
     basis : ndarray, shape (n_shapes, n_bins), complex64
         Shape spectra from :func:`shape_basis`.
     hf0 : int
@@ -84,17 +87,37 @@ def fit_shapes(resid: np.ndarray, basis: np.ndarray, hf0: int, cols: slice) -> n
 
     Returns
     -------
+    ndarray, shape (2 * (n_bins - hf0), n_shapes), float32
+    """
+    n_bins = basis.shape[-1]
+    n_fft = 2 * (n_bins - 1)
+    unit = np.zeros((2 * (n_bins - hf0), n_bins), dtype=np.complex128)
+    k = np.arange(n_bins - hf0)
+    unit[2 * k, hf0 + k] = 1.0
+    unit[2 * k + 1, hf0 + k] = 1.0j
+    to_time = sfft.irfft(unit, n=n_fft, axis=-1)[:, cols]  # spectrum -> owned columns
+    high = basis.astype(np.complex128).copy()
+    high[:, :hf0] = 0
+    shapes_high = sfft.irfft(high, n=n_fft, axis=-1)[:, cols]
+    return (to_time @ np.linalg.pinv(shapes_high)).astype(np.float32)
+
+
+def fit_shapes(resid_hf: np.ndarray, basis: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """Full-band shape mixture that best explains each epoch's residual above ``hf0``.
+
+    Parameters
+    ----------
+    resid_hf : ndarray, shape (n_channels, n_epochs, n_bins - hf0), complex64
+        Residual spectra (aligned epochs minus template) from bin ``hf0`` on.
+    basis : ndarray, shape (n_shapes, n_bins), complex64
+        Shape spectra from :func:`shape_basis`.
+    matrix : ndarray
+        :func:`fit_matrix` of ``basis``.
+
+    Returns
+    -------
     ndarray, shape (n_channels, n_epochs, n_bins), complex64
         The fitted mixture, full band.
     """
-    n_fft = 2 * (basis.shape[-1] - 1)
-
-    def high(spec):  # content above hf0, in time, on the owned columns
-        spec = spec.copy()
-        spec[..., :hf0] = 0
-        return sfft.irfft(spec, n=n_fft, axis=-1)[..., cols]
-
-    b = high(basis).astype(np.float64)
-    r = high(resid).astype(np.float64)
-    coef = np.linalg.lstsq(b.T, r.reshape(-1, b.shape[1]).T, rcond=None)[0].T
-    return coef.reshape(*r.shape[:-1], -1).astype(np.complex64) @ basis
+    coef = np.ascontiguousarray(resid_hf).view(np.float32) @ matrix
+    return coef.astype(np.complex64) @ basis
