@@ -83,6 +83,8 @@ def _volume_artifact(data, volume_onsets, sfreq, max_volumes):
     onsets = np.round(np.asarray(volume_onsets, dtype=float)).astype(np.int64)
     length = int(np.floor(np.median(np.diff(onsets))))
     onsets = onsets[(onsets >= 0) & (onsets + length <= data.shape[1])]
+    if onsets.size == 0:
+        return np.zeros((data.shape[0], max(length, 0))), 0
     if onsets.size > max_volumes:
         onsets = onsets[np.linspace(0, onsets.size - 1, max_volumes).round().astype(int)]
     sos = signal.butter(2, 5.0, "highpass", fs=sfreq, output="sos")
