@@ -2,8 +2,8 @@
 
 Usage::
 
-    python benchmarks/eeg_artifacts.py [--scale tiny|demo|natview] [--output table.md]
-                                       [--cache DIR] [--n-jobs N]
+    python benchmarks/eeg_artifacts.py [--scale tiny|demo|natview] [--realism ideal|hard]
+                                       [--output table.md] [--cache DIR] [--n-jobs N]
 
 One run simulates a 64-channel 5 kHz in-scanner recording (``tiny`` 20 volumes, ``demo``
 60, ``natview`` 289 volumes = 10 min), then times and scores
@@ -18,11 +18,15 @@ One run simulates a 64-channel 5 kHz in-scanner recording (``tiny`` 20 volumes, 
 
 Scores (EEG channels, inside the scan): RMS error vs the noise-free truth relative to the
 sensor noise RMS (1-70 Hz; 1.0 = as good as the noise allows), power reduction at the slice
-harmonics below 70 Hz, and the cardiac-locked residual (RMS of the beat-locked average of
-the error / of the BCG, 0.5-40 Hz). Peak memory is the tracemalloc peak of each call (it
-includes the copy of the recording that every method makes); CPU time is the process time,
-the better measure on a shared machine. eegfmri runs with ``--n-jobs`` threads (default: the
-CPUs available); ``--cache DIR`` keeps the simulated recording as .npy files between runs.
+harmonics below 70 Hz, the cardiac-locked residual (RMS of the beat-locked average of
+the error / of the BCG, 0.5-40 Hz) and, for the BCG rows, the total RMS error within
++-0.5 s of each R-peak relative to the noise there (1-40 Hz). ``--realism hard`` simulates
+hard-mode artifacts (:mod:`bids_app.simulate.realism`) and runs the gradient step with the
+correct, an absent and a wrong SliceTiming (the onsets then come from the EEG). Peak memory
+is the tracemalloc peak of each call (it includes the copy of the recording that every
+method makes); CPU time is the process time, the better measure on a shared machine.
+eegfmri runs with ``--n-jobs`` threads (default: the CPUs available); ``--cache DIR`` keeps
+the simulated recording as .npy files between runs.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import platform
 import sys
 import time
 import tracemalloc
+from dataclasses import replace
 from pathlib import Path
 
 import mne
@@ -47,19 +52,26 @@ from bids_app.eeg.gradient import remove_gradient_artifact  # noqa: E402
 from bids_app.eeg.kernels import n_threads  # noqa: E402
 from bids_app.natview import facts as nv  # noqa: E402
 from bids_app.simulate.artifacts import simulate_artifacts  # noqa: E402
+from bids_app.simulate.realism import (  # noqa: E402
+    SIDECAR_SLICE_TIMING,
+    resolve_realism,
+    sidecar_slice_timing,
+    volume_marker_samples,
+)
 
 SCALES = {"tiny": 20, "demo": 60, "natview": 289}
 SFREQ = nv.EEG_SFREQ
 TR_SAMPLES = int(round(nv.TR * SFREQ))
 
 
-def simulate(n_volumes: int, seed: int = 0):
+def simulate(n_volumes: int, seed: int = 0, realism: str = "ideal"):
     """Recording (RawArray), truth without gradient and noise, noise, BCG, R-peaks."""
     rng = np.random.default_rng(seed)
     extra = int(3 * SFREQ)
     n = 2 * extra + TR_SAMPLES * n_volumes
-    onsets = extra + TR_SAMPLES * np.arange(n_volumes)
-    art = simulate_artifacts(n, SFREQ, onsets / SFREQ, nv.slice_timing(), rng)
+    onsets = volume_marker_samples(extra, n_volumes, TR_SAMPLES, resolve_realism(realism))
+    art = simulate_artifacts(n, SFREQ, onsets / SFREQ, nv.slice_timing(), rng,
+                             realism=realism)  # fmt: skip
     eeg = [nv.CHANNEL_NAMES.index(c) for c in nv.EEG_CHANNELS]
     clean = np.zeros((64, n), dtype=np.float32)
     bg = signal.lfilter([1.0], [1.0, -0.999], rng.standard_normal((len(eeg), n),
@@ -83,10 +95,11 @@ def simulate(n_volumes: int, seed: int = 0):
     return raw, clean, art.noise, art.bcg, art.r_peaks_s, onsets
 
 
-def simulate_cached(n_volumes: int, cache: Path | None):
+def simulate_cached(n_volumes: int, cache: Path | None, realism: str = "ideal"):
     """:func:`simulate`, loaded from / saved to ``cache`` (a folder) when given."""
     names = ("data", "clean", "noise", "bcg", "r_peaks", "onsets")
-    files = [cache / f"eeg_artifacts_{n_volumes}_{k}.npy" for k in names] if cache else []
+    files = [cache / f"eeg_artifacts_{realism}_{n_volumes}_{k}.npy" for k in names] if cache \
+        else []  # fmt: skip
     if files and all(f.exists() for f in files):
         data, clean, noise, bcg, r_peaks, onsets = (np.load(f) for f in files)
         info = mne.create_info(list(nv.CHANNEL_NAMES), SFREQ,
@@ -94,7 +107,7 @@ def simulate_cached(n_volumes: int, cache: Path | None):
         raw = mne.io.RawArray(data, info, verbose=False)
         raw.set_annotations(mne.Annotations(onsets / SFREQ, 0.0, "Response/R128"))
         return raw, clean, noise, bcg, r_peaks, onsets
-    raw, *rest = simulate(n_volumes)
+    raw, *rest = simulate(n_volumes, realism=realism)
     if files:
         cache.mkdir(parents=True, exist_ok=True)
         for f, arr in zip(files, [raw._data, *rest]):
@@ -120,7 +133,8 @@ def _band(x, lo, hi):
 
 
 def scores(corrected, truth, noise, bcg, r_peaks, scan, raw_before, *, bcg_removed):
-    """Error/noise, slice-harmonic reduction (dB), cardiac-locked residual (None: no BCG step).
+    """Error/noise, slice-harmonic reduction (dB), cardiac-locked residual and error/noise
+    within +-0.5 s of the R-peaks (1-40 Hz) (both None without a BCG step).
 
     The truth is the recording without gradient artifact and sensor noise (and without the
     BCG when ``bcg_removed``), low-passed at 70 Hz like the outputs.
@@ -143,7 +157,15 @@ def scores(corrected, truth, noise, bcg, r_peaks, scan, raw_before, *, bcg_remov
     locked = resid[:, ev[:, None] + lags].mean(axis=1)
     ref_l = ref_b[:, ev[:, None] + lags].mean(axis=1)
     card = float(np.sqrt(np.mean(locked**2) / np.mean(ref_l**2)))
-    return ratio, red, card if bcg_removed else None
+    if not bcg_removed:
+        return ratio, red, None, None
+    near = np.zeros(truth.shape[1], bool)
+    for r in ev:
+        near[r - int(0.5 * SFREQ): r + int(0.5 * SFREQ)] = True
+    near &= np.isin(np.arange(truth.shape[1]), np.arange(scan.start, scan.stop))
+    err_b = _band(corrected - signal.sosfiltfilt(lp, truth - bcg, axis=-1), 1, 40)[:, near]
+    nz_b = _band(noise, 1, 40)[:, near]
+    return ratio, red, card, float(np.sqrt(np.mean(err_b**2) / np.mean(nz_b**2)))
 
 
 def main(argv=None) -> str:
@@ -151,6 +173,9 @@ def main(argv=None) -> str:
     parser.add_argument("--scale", choices=sorted(SCALES), default="tiny")
     parser.add_argument("--channels", type=int, default=16,
                         help="EEG channels scored (all 64 are always processed)")
+    parser.add_argument("--realism", choices=("ideal", "hard"), default="ideal",
+                        help="artifact realism (bids_app.simulate.realism); hard also scores "
+                        "the gradient step with correct, absent and wrong SliceTiming")
     parser.add_argument("--output", type=Path, default=None)
     parser.add_argument("--cache", type=Path, default=None,
                         help="folder keeping the simulated recording between runs")
@@ -160,7 +185,7 @@ def main(argv=None) -> str:
     n_vol = SCALES[args.scale]
     load = os.getloadavg()[0]
     t0 = time.perf_counter()
-    raw, clean, noise, bcg, r_peaks, onsets = simulate_cached(n_vol, args.cache)
+    raw, clean, noise, bcg, r_peaks, onsets = simulate_cached(n_vol, args.cache, args.realism)
     print(f"simulated {n_vol} volumes x 64 channels in {time.perf_counter() - t0:.0f} s",
           file=sys.stderr)  # fmt: skip
     eeg = [nv.CHANNEL_NAMES.index(c) for c in nv.EEG_CHANNELS]
@@ -170,15 +195,21 @@ def main(argv=None) -> str:
     rows = []
 
     def record(name, corrected, seconds, mib, bcg_removed=False):
-        r, d, c = scores(corrected, clean[picks], noise[picks], bcg[picks], r_peaks, scan,
-                         before, bcg_removed=bcg_removed)  # fmt: skip
-        rows.append((name, seconds, mib, r, d, c))
+        r, d, c, b = scores(corrected, clean[picks], noise[picks], bcg[picks], r_peaks, scan,
+                            before, bcg_removed=bcg_removed)  # fmt: skip
+        rows.append((name, seconds, mib, r, d, c, b))
         print(rows[-1], file=sys.stderr)
 
-    (ours, grep), sec, mib = measure(lambda: remove_gradient_artifact(
-        raw, slice_timing=nv.slice_timing(), tr=nv.TR, n_jobs=args.n_jobs))
-    record("gradient: eegfmri (slice template + alignment + OBS, 70 Hz LP)",
-           ours._data[picks], sec, mib)  # fmt: skip
+    real = resolve_realism(args.realism)
+    # "correct" last: its output feeds the BCG rows
+    variants = sorted(SIDECAR_SLICE_TIMING, key="correct".__eq__) if real.hard else ["correct"]
+    for variant in variants:
+        timing = sidecar_slice_timing(nv.slice_timing(), nv.TR, replace(
+            real, sidecar_slice_timing=variant))  # fmt: skip
+        (ours, grep), sec, mib = measure(lambda timing=timing: remove_gradient_artifact(
+            raw, slice_timing=timing, n_slices=nv.N_SLICES, tr=nv.TR, n_jobs=args.n_jobs))
+        record(f"gradient: eegfmri (slice template + alignment + OBS, 70 Hz LP), SliceTiming "
+               f"{variant}", ours._data[picks], sec, mib)  # fmt: skip
     total = [sec, mib]
     (anc, _), sec, mib = measure(lambda: remove_gradient_artifact(
         raw, slice_timing=nv.slice_timing(), tr=nv.TR, anc=True, n_jobs=args.n_jobs))
@@ -207,17 +238,18 @@ def main(argv=None) -> str:
         ours, picks=names, qrs_times=peaks / SFREQ, verbose=False))
     record("BCG: MNE apply_pca_obs (4 components)", mout._data[picks], sec, mib, True)
     header = ("| method | wall time (s) | CPU time (s) | peak memory (MiB) | error / noise floor"
-              " | slice-harmonic reduction (dB) | cardiac-locked residual |\n"
-              "|---|---|---|---|---|---|---|\n")  # fmt: skip
+              " | slice-harmonic reduction (dB) | cardiac-locked residual | error / noise "
+              "within 0.5 s of R-peaks (1-40 Hz) |\n|---|---|---|---|---|---|---|---|\n")
     body = "".join(f"| {n} | {s[0]:.1f} | {s[1]:.1f} | {m:.0f} | {r:.2f} | {d:.1f} | "
-                   f"{'n/a' if c is None else f'{c:.3f}'} |\n"
-                   for n, s, m, r, d, c in rows)  # fmt: skip
+                   f"{'n/a' if c is None else f'{c:.3f}'} | "
+                   f"{'n/a' if b is None else f'{b:.2f}'} |\n"
+                   for n, s, m, r, d, c, b in rows)  # fmt: skip
     machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
                f"Python {platform.python_version()}, MNE {mne.__version__}, "
                f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, eegfmri "
                f"n_jobs={n_threads(args.n_jobs)}, load average "
                f"{load:.1f} at the start")  # fmt: skip
-    text = (f"Scale `{args.scale}`: {n_vol} volumes, 64 channels, "
+    text = (f"Scale `{args.scale}`, realism `{args.realism}`: {n_vol} volumes, 64 channels, "
             f"{raw.n_times / SFREQ:.0f} s at 5 kHz; {len(picks)} EEG channels scored; "
             f"{grep.n_volumes} volumes x {grep.n_slices} slices; heart rate "
             f"{brep.heart_rate_bpm:.0f} bpm. Machine: {machine}.\n\n" + header + body

@@ -4,6 +4,7 @@
 
     eegfmri bids_dir output_dir {participant,group} [options]
     eegfmri simulate OUT [--scale tiny|demo|natview] [--layout natview|bids] [--null]
+                     [--realism ideal|hard]
     eegfmri download natview TARGET [--subjects 01 02] [--tasks checker] [--with-stimuli]
     eegfmri convert natview RAW_DIR BIDS_DIR
     eegfmri demo [OUT]
@@ -178,6 +179,11 @@ def build_subcommand_parser() -> argparse.ArgumentParser:
     p.add_argument("--null", action="store_true",
                    help="no planted coupling (measures false discoveries)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the simulation")
+    p.add_argument("--realism", choices=("ideal", "hard"), default="ideal",
+                   help="ideal: artifacts follow the cleaning methods' model (unit tests); "
+                   "hard: per-slice gradient waveforms, amplitude changes, a head movement, "
+                   "vibration lines, drifting clocks, wrong SliceTiming in the BOLD sidecar, "
+                   "variable pulse artifact (recorded in sourcedata/simulation/realism.json)")
     p = sub.add_parser("download", help="download (a subset of) a public release")
     p.add_argument("dataset", choices=("natview",), help="public release to download")
     p.add_argument("target", type=_path, help="folder to download into (resumable)")
@@ -270,8 +276,9 @@ def _subcommand(argv: Sequence[str]) -> int:
                 raise InputError(f"Simulation folder {args.out} is not empty; choose a new "
                                  "folder.")
             path = simulate_dataset(args.out, scale=args.scale, layout=args.layout,
-                                    null=args.null, seed=args.seed)
-            print(f"Simulated {args.scale} dataset ({args.layout} layout) in {path}")
+                                    null=args.null, seed=args.seed, realism=args.realism)
+            print(f"Simulated {args.scale} dataset ({args.layout} layout, {args.realism} "
+                  f"realism) in {path}")
             return EXIT_OK
         if args.command == "download":
             from bids_app.natview.download import download_natview

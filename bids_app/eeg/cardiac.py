@@ -369,6 +369,12 @@ def remove_bcg_artifact(
             logger.warning("ECG not usable (%s); deriving the cardiac signal from the EEG",
                            problem)  # fmt: skip
             eeg = mne.pick_types(raw.info, eeg=True, exclude="bads")
+            if eeg.size == 0:
+                raise InputError(
+                    f"{source or 'The EEG recording'}: no usable heartbeat in the ECG "
+                    f"({problem}) and every EEG channel is marked bad, so none can be derived "
+                    "from the EEG; set eeg.bcg = false to skip BCG removal."
+                )
             qe = max(1, int(sfreq // _WORK_SFREQ))
             low = _block_mean_rows(src, eeg, qe)
             events = cardiac_from_eeg(low, sfreq / qe) * qe + qe // 2
@@ -378,7 +384,14 @@ def remove_bcg_artifact(
                     f"{source or 'The EEG recording'}: no usable heartbeat found in the ECG "
                     f"({problem}) nor in the EEG; set eeg.bcg = false to skip BCG removal."
                 )
-    events = np.sort(np.asarray(events, dtype=np.int64))
+    events = np.unique(np.asarray(events, dtype=np.int64))
+    events = events[(events >= 0) & (events < raw.n_times)]
+    if events.size < 3:
+        raise InputError(
+            f"{source or 'The EEG recording'}: {events.size} cardiac events inside the "
+            "recording; at least 3 are needed to model the pulse artifact (set eeg.bcg = "
+            "false to skip BCG removal)."
+        )
     q = max(1, int(sfreq // _WORK_SFREQ))
     fs = sfreq / q
     data = src  # read row by row; corrected rows go to raw._data (the same array unless copy)

@@ -2,7 +2,9 @@
 
 Method (Allen et al. 2000; Niazy et al. 2005), slice-wise and vectorised:
 
-1. Slice epochs start at every slice onset (from the volume triggers and the SliceTiming);
+1. Slice epochs start at every slice onset (volume triggers plus the onsets within a volume
+   measured from the artifact, the sidecar's SliceTiming as a prior:
+   :mod:`bids_app.eeg.slice_timing`);
    each epoch is a window of the data high-passed at ``template_highpass`` (5 Hz) for
    template estimation, so slow EEG and the pulse artifact stay out of the templates.
 2. Sub-sample alignment: every epoch is shifted by its fractional onset plus a correction
@@ -11,7 +13,10 @@ Method (Allen et al. 2000; Niazy et al. 2005), slice-wise and vectorised:
    interpolation (FASTR too aligns on one channel and applies the shifts to all).
 3. Template: Hann-weighted moving average of the ``window`` neighbouring aligned epochs on
    each side (the epoch itself excluded), computed by FFT along the epoch axis and scaled
-   to each epoch by least squares on its content above 70 Hz (where EEG has no power).
+   to each epoch by least squares on its content above 70 Hz (where EEG has no power);
+   then the mixture of slice shapes (:mod:`bids_app.eeg.gradient_basis`) that explains the
+   epoch's remaining content above 70 Hz is added to it, full band (slices that differ,
+   volume amplitude changes, head movements).
 4. Optimal basis set: PCA of the residuals high-passed above ``obs_highpass`` (the part a
    mean template cannot follow), the number of components chosen per channel from the
    Marchenko-Pastur edge of the eigenvalue spectrum, fitted and subtracted per epoch.
@@ -42,8 +47,10 @@ from scipy import fft as sfft
 from scipy import signal
 
 from bids_app.eeg.anc import adaptive_noise_cancel, anc_geometry
+from bids_app.eeg.gradient_basis import fit_matrix, fit_shapes, shape_basis
 from bids_app.eeg.kernels import copy_for_rewrite, n_threads, zero_phase
-from bids_app.eeg.triggers import TriggerReport, find_volume_triggers, slice_onsets
+from bids_app.eeg.slice_timing import SliceTimingReport, choose_slice_offsets
+from bids_app.eeg.triggers import TriggerReport, find_volume_triggers
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +86,8 @@ class GradientReport:
         Wall time.
     volume_onsets : ndarray
         Volume onsets used (samples).
+    slice_timing : SliceTimingReport | None
+        Which slice onsets were used (sidecar, EEG estimate or even spread) and why.
     """
 
     triggers: TriggerReport | None
@@ -93,13 +102,15 @@ class GradientReport:
     anc_taps: int = 0
     duration_s: float = 0.0
     volume_onsets: np.ndarray = field(default_factory=lambda: np.array([]))
+    slice_timing: SliceTimingReport | None = None
 
     def to_dict(self) -> dict:
         """Plain-python view for sidecars."""
         # the run time is logged, not recorded: sidecars must not change between reruns
         out = {k: v for k, v in self.__dict__.items()
-               if k not in ("triggers", "volume_onsets", "duration_s")}
+               if k not in ("triggers", "volume_onsets", "duration_s", "slice_timing")}
         out["triggers"] = None if self.triggers is None else self.triggers.to_dict()
+        out["slice_timing"] = None if self.slice_timing is None else self.slice_timing.to_dict()
         return out
 
 
@@ -186,7 +197,9 @@ class _Plan:
 
     def __init__(self, onsets, n_times, sfreq, *, window, obs_highpass, template_highpass,
                  lowpass):  # fmt: skip
-        starts, self.frac, seg = _segments(np.asarray(onsets, dtype=float), n_times)
+        onsets = np.asarray(onsets, dtype=float)
+        self.n_volumes, self.n_slices = onsets.shape
+        starts, self.frac, seg = _segments(onsets, n_times)
         self.sfreq, self.n_times, self.seg = sfreq, n_times, seg
         self.width = width = int(np.max(seg)) + 2 * _MARGIN
         self.n_fft = sfft.next_fast_len(width + 2 * _MARGIN, real=True)
@@ -231,6 +244,7 @@ class _Plan:
         ok = den > 1e-3 * den.max()
         self.inv_den = np.where(ok, 1.0 / np.where(ok, den, 1.0), 0.0).astype(np.float32)
         self.advance = None
+        self.basis = self.shape_matrix = None
 
     def epochs(self, x: np.ndarray) -> np.ndarray:
         """Slice epochs (channels, epochs, n_fft; zero after ``width``) of ``x``."""
@@ -242,6 +256,28 @@ class _Plan:
 
     def set_shifts(self, shifts: np.ndarray) -> None:
         self.advance = _ramp(shifts, self.n_fft // 2 + 1, self.n_fft)
+
+    def aligned(self, x: np.ndarray) -> np.ndarray:
+        """Spectra of the aligned slice epochs of ``x`` high-passed for the templates."""
+        hp = np.ascontiguousarray(zero_phase(self.sos_hp, x, padlen=int(self.sfreq)))
+        spec = sfft.rfft(self.epochs(hp), axis=-1)
+        spec *= self.advance[None]
+        return spec
+
+    def set_basis(self, data: np.ndarray, rows: np.ndarray, chunk: int) -> None:
+        """Slice shapes (:func:`shape_basis`) from the per-slice-position means of ``rows``."""
+        full = self.inside.reshape(self.n_volumes, self.n_slices, -1).all(axis=(1, 2))
+        if not full.any():
+            return
+        means = []
+        for c0 in range(0, len(rows), chunk):
+            z = sfft.irfft(self.aligned(data[rows[c0 : c0 + chunk]].astype(np.float32)),
+                           n=self.n_fft, axis=-1)[..., : self.width]  # fmt: skip
+            z = z.reshape(z.shape[0], self.n_volumes, self.n_slices, -1)[:, full]
+            means.append(z.mean(axis=1).reshape(-1, self.width))
+        self.basis = shape_basis(np.concatenate(means), self.n_fft, self.obs_cols, self.hf0)
+        if self.basis is not None:
+            self.shape_matrix = fit_matrix(self.basis, self.hf0, self.obs_cols)
 
     def moving_template(self, z: np.ndarray) -> np.ndarray:
         """Hann-weighted masked mean of the neighbouring epochs (the epoch excluded)."""
@@ -259,10 +295,7 @@ class _Plan:
 
 def _correct_chunk(plan: _Plan, x: np.ndarray, *, obs_components, do_obs, anc):
     """Correct one chunk of channels (float32 rows, modified in place); return (y, used)."""
-    hp = np.ascontiguousarray(zero_phase(plan.sos_hp, x, padlen=int(plan.sfreq)))
-    spec = sfft.rfft(plan.epochs(hp), axis=-1)
-    del hp
-    spec *= plan.advance[None]
+    spec = plan.aligned(x)
     z = sfft.irfft(spec, n=plan.n_fft, axis=-1)
     tspec = sfft.rfft(plan.moving_template(z), axis=-1)
     del z
@@ -270,8 +303,12 @@ def _correct_chunk(plan: _Plan, x: np.ndarray, *, obs_components, do_obs, anc):
     zs, ts = spec[..., plan.hf0 :], tspec[..., plan.hf0 :]
     num = np.einsum("cef,cef->ce", zs.view(np.float32), ts.view(np.float32))
     den = np.einsum("cef,cef->ce", ts.view(np.float32), ts.view(np.float32))
-    del spec, zs, ts
+    del zs, ts
     tspec *= (num / np.maximum(den, 1e-30))[..., None]
+    if plan.basis is not None:  # what the template misses, fitted above obs_highpass
+        tspec += fit_shapes(spec[..., plan.hf0 :] - tspec[..., plan.hf0 :], plan.basis,
+                            plan.shape_matrix)  # fmt: skip
+    del spec
     tspec *= np.conj(plan.advance)[None]
     back = sfft.irfft(tspec, n=plan.n_fft, axis=-1)[..., : plan.width]
     del tspec
@@ -322,6 +359,8 @@ def correct_gradient(
     template_highpass: float = 5.0,
     lowpass: float | None = 70.0,
     anc: bool = False,
+    shapes: bool = True,
+    shape_rows: np.ndarray | None = None,
     chunk_channels: int = 4,
     n_jobs: int | None = None,
     picks: np.ndarray | None = None,
@@ -355,6 +394,12 @@ def correct_gradient(
         ``lowpass <= obs_highpass`` (it could not change the result).
     anc : bool
         Apply adaptive noise cancellation (:func:`adaptive_noise_cancel`) after the OBS.
+    shapes : bool
+        Also remove, per epoch, the mixture of slice shapes
+        (:mod:`~bids_app.eeg.gradient_basis`) that explains the template's residual above
+        ``obs_highpass`` (slices that differ, volume amplitude changes, head movements).
+    shape_rows : ndarray of int | None
+        Rows the shapes are learnt from (default ``picks``; at most 16 are used).
     chunk_channels : int
         Channels processed together (memory ~ 100 MB per channel of a NATVIEW run).
     n_jobs : int | None
@@ -386,6 +431,9 @@ def correct_gradient(
     shifts = plan.frac + _align(spec, plan.frac, plan.n_fft, upsample)
     del spec
     plan.set_shifts(shifts)
+    if shapes:  # shapes from (EEG) channels, not from the ECG that would leak into them
+        rows = picks if shape_rows is None else np.asarray(shape_rows)
+        plan.set_basis(data, rows[:: max(1, rows.size // 16)][:16], chunk_channels)
     do_obs = obs_components != 0 and (lowpass is None or lowpass > obs_highpass)
     chunks = [picks[c0 : c0 + chunk_channels] for c0 in range(0, picks.size, chunk_channels)]
 
@@ -440,9 +488,12 @@ def remove_gradient_artifact(
     tr : float | None
         Repetition time (s); None estimates it from the markers.
     slice_timing : sequence of float | None
-        BIDS SliceTiming (s); None spreads ``n_slices`` slices evenly over the TR.
+        BIDS SliceTiming of the BOLD sidecar (s), a prior only: the slice onsets are
+        measured from the artifact (:func:`~bids_app.eeg.slice_timing.choose_slice_offsets`)
+        and the sidecar is used when the measurement confirms it (or cannot be made).
     n_slices : int | None
-        Slices per volume (required without ``slice_timing``).
+        Slices per volume, spread evenly over the TR when neither the sidecar nor the
+        artifact gives the onsets.
     window : int
         Neighbouring slice artifacts on each side per template (Hann weights).
     upsample : int
@@ -479,17 +530,19 @@ def remove_gradient_artifact(
     if volume_onsets is None:
         volume_onsets, trig_report = find_volume_triggers(raw, marker=marker, tr=tr,
                                                           source=source)  # fmt: skip
-    if slice_timing is None and not n_slices:
-        raise ValueError("Give slice_timing or n_slices to remove the gradient artifact.")
-    onsets = slice_onsets(volume_onsets, sfreq, n_slices=n_slices or 0, tr=tr,
-                          slice_timing=slice_timing)  # fmt: skip
-    onsets = onsets.reshape(len(volume_onsets), -1)
     picks = mne.pick_types(raw.info, eeg=True, eog=True, ecg=True, exclude=()) if picks is None \
         else _pick_rows(raw, picks)  # fmt: skip
+    offsets, timing = choose_slice_offsets(
+        src[_strongest(src, picks, volume_onsets)], volume_onsets, sfreq, prior=slice_timing,
+        n_slices=n_slices, tr=tr, source=source)  # fmt: skip
+    logger.info("Slice onsets: %s", timing.reason)
+    onsets = np.asarray(volume_onsets, dtype=float)[:, None] + offsets[None, :]
     if src is not raw._data:
         rest = np.setdiff1d(np.arange(src.shape[0]), picks)
         raw._data[rest] = src[rest]
+    eeg = mne.pick_types(raw.info, eeg=True, exclude="bads")
     _, info = correct_gradient(src, onsets, sfreq, picks=picks, window=window,
+                               shape_rows=eeg if eeg.size >= 3 else picks,
                                upsample=upsample, obs_components=obs_components,
                                lowpass=lowpass, anc=anc, chunk_channels=chunk_channels,
                                n_jobs=n_jobs, out=raw._data)  # fmt: skip
@@ -499,11 +552,20 @@ def remove_gradient_artifact(
         window=window, upsample=upsample, shift_std_samples=float(np.std(info["shifts"])),
         obs_components=dict(zip(names, info["obs_components"])), lowpass=lowpass, anc=anc,
         anc_taps=info["anc_taps"], duration_s=time.perf_counter() - t0,
-        volume_onsets=np.asarray(volume_onsets, float),
+        volume_onsets=np.asarray(volume_onsets, float), slice_timing=timing,
     )  # fmt: skip
     logger.info("Gradient artifact removed: %d volumes x %d slices in %.1f s",
                 report.n_volumes, report.n_slices, report.duration_s)  # fmt: skip
     return raw, report
+
+
+def _strongest(data: np.ndarray, picks: np.ndarray, volume_onsets, n: int = 4) -> np.ndarray:
+    """The ``n`` rows of ``picks`` with the most variance during the scan."""
+    lo = int(max(np.min(volume_onsets), 0))
+    hi = int(min(np.max(volume_onsets) + np.median(np.diff(volume_onsets)), data.shape[1]))
+    step = max(1, (hi - lo) // 200_000)
+    power = np.array([np.var(data[c, lo:hi:step]) for c in picks])
+    return np.asarray(picks)[np.argsort(power)[::-1][: min(n, len(picks))]]
 
 
 def _pick_rows(raw: mne.io.BaseRaw, picks) -> np.ndarray:

@@ -3,7 +3,8 @@
 Scanner markers in real recordings are imperfect: a marker can be lost, recorded twice, or a
 stray marker of the same name can appear; a scan can stop and restart; the recording can end
 in the middle of a volume. :func:`find_volume_triggers` reconstructs the regular volume grid
-from the markers and says what it repaired; :func:`slice_onsets` derives every slice onset.
+from the markers and says what it repaired (the slice onsets within each volume come from
+:mod:`bids_app.eeg.slice_timing`).
 """
 
 from __future__ import annotations
@@ -233,39 +234,3 @@ def find_volume_triggers(
         ", recording truncated" if report.truncated else "",
     )  # fmt: skip
     return onsets, report
-
-
-def slice_onsets(
-    volume_onsets: np.ndarray,
-    sfreq: float,
-    *,
-    n_slices: int,
-    tr: float | None = None,
-    slice_timing=None,
-) -> np.ndarray:
-    """Onset (samples, fractional) of every slice of every volume in acquisition order.
-
-    Parameters
-    ----------
-    volume_onsets : ndarray
-        Volume onsets (samples).
-    sfreq : float
-        Sampling rate (Hz).
-    n_slices : int
-        Slices per volume (used when ``slice_timing`` is None).
-    tr : float | None
-        Repetition time (s); None uses the median volume interval.
-    slice_timing : sequence of float | None
-        BIDS SliceTiming (s). Without it, slices are spread evenly over the TR.
-
-    Returns
-    -------
-    ndarray, shape (n_volumes * n_slices,)
-        Slice onsets, sorted.
-    """
-    if slice_timing is not None:
-        offsets = np.unique(np.asarray(slice_timing, dtype=float)) * sfreq
-    else:
-        tr_samp = tr * sfreq if tr else float(np.median(np.diff(volume_onsets)))
-        offsets = np.arange(n_slices) * tr_samp / n_slices
-    return (np.asarray(volume_onsets, dtype=float)[:, None] + offsets[None, :]).ravel()

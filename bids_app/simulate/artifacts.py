@@ -17,6 +17,11 @@ Components (all in volts, rows in ``natview_facts.CHANNEL_NAMES`` order):
 - **eog**: blinks (EOGL, EOGU rows, opposite polarity around the eye).
 - **line**: 60 Hz and 180 Hz mains interference, channel-specific amplitude and phase.
 - **noise**: white + pink sensor noise; ``noise_rms`` is its exact RMS per channel.
+
+``realism`` (:mod:`bids_app.simulate.realism`) switches on the hard-mode effects: per-slice
+waveforms, volume-to-volume amplitude, a sudden head movement, vibration lines (added to
+**line**), drifting clocks, and beat-to-beat latency, shape and respiratory changes of the
+BCG. The ideal preset draws nothing extra: its output is unchanged by the switch.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import numpy as np
 from scipy import signal
 
 from bids_app.natview import facts as nv
+from bids_app.simulate import realism as rl
 
 logger = logging.getLogger(__name__)
 
@@ -119,12 +125,18 @@ def _slow(rng: np.random.Generator, times: np.ndarray, n: int) -> np.ndarray:
     return out / np.sqrt(1.5)
 
 
-def _gradient(n_times, sfreq, volume_onsets_s, slice_times, rng, clock_ppm):
+def _gradient(n_times, sfreq, volume_onsets_s, slice_times, rng, real: rl.Realism, hard_rng):
     n_ch = len(nv.CHANNEL_NAMES)
     order = np.sort(np.asarray(slice_times, dtype=float))
     jitter = rng.uniform(0.0, 1.0, len(volume_onsets_s)) / sfreq
     vol_true = np.asarray(volume_onsets_s, dtype=float) - jitter
-    onsets = (vol_true[:, None] + order[None, :] * (1.0 + clock_ppm * 1e-6)).ravel()
+    onsets = (vol_true[:, None] + order[None, :] * (1.0 + real.clock_ppm * 1e-6)).ravel()
+    gains = np.ones((onsets.size, 3))  # per slice and axis (hard mode)
+    if hard_rng is not None:
+        gains = np.tile(rl.slice_gains(hard_rng, order.size, real.slice_waveform_sd),
+                        (len(vol_true), 1))  # fmt: skip
+        gains *= np.repeat(rl.volume_gains(hard_rng, len(vol_true), real.volume_amplitude_sd),
+                           order.size)[:, None]  # fmt: skip
     # the analytic waveform on a fine grid, then interpolated at each sample's exact lag
     fine_t = np.arange(-0.002, _SLICE_WAVEFORM_S + 0.001, 1.0 / (sfreq * _FINE))
     fine = slice_waveforms(fine_t)
@@ -136,6 +148,8 @@ def _gradient(n_times, sfreq, volume_onsets_s, slice_times, rng, clock_ppm):
     axes = np.zeros((3, n_times))
     for a in range(3):
         vals = np.interp(tau[keep], fine_t, fine[a], left=0.0, right=0.0)
+        if hard_rng is not None:
+            vals *= np.broadcast_to(gains[:, a : a + 1], keep.shape)[keep]
         np.add.at(axes[a], idx[keep], vals)
     times = np.arange(n_times) / sfreq
     drift = 1.0 + 0.01 * _slow(rng, times, 1)[0]
@@ -149,6 +163,9 @@ def _gradient(n_times, sfreq, volume_onsets_s, slice_times, rng, clock_ppm):
     for k in range(2):
         mix = 0.01 * rng.normal(size=(n_ch, 3)) * np.abs(mix0).mean(axis=1, keepdims=True)
         out += (mix @ (axes * motion[k][None, :])).astype(np.float32)
+    if hard_rng is not None and real.head_jump:
+        at, dmix = rl.jump(hard_rng, n_times, mix0, real.head_jump)
+        out[:, at:] += (dmix @ axes[:, at:]).astype(np.float32)
     return out, onsets
 
 
@@ -174,19 +191,44 @@ def _place(n_times, sfreq, events_s, amps, kernel, lag_s):
     return signal.oaconvolve(train, kernel)[:n_times]
 
 
-def _cardiac(n_times, sfreq, r_peaks, rng):
+def _bcg_kernel(k_t: np.ndarray, width: float, k: int) -> np.ndarray:
+    """Pulse-artifact component ``k`` (0, 2: Gaussian; 1: its derivative) at times ``k_t``."""
+    if k == 1:
+        return -k_t / width * np.exp(0.5 - 0.5 * (k_t / width) ** 2)
+    return np.exp(-0.5 * (k_t / width) ** 2)
+
+
+def _place_varied(n_times, sfreq, r_peaks, amps, width, k, delay, latency, stretch):
+    """Component ``k`` beat by beat, each with its own latency and width (hard mode)."""
+    out = np.zeros(n_times)
+    half = int(0.3 * sfreq)
+    for b, r in enumerate(r_peaks):
+        centre = (r + delay + latency[b]) * sfreq
+        start = int(np.floor(centre)) - half
+        idx = np.arange(max(start, 0), min(start + 2 * half, n_times))
+        if idx.size:
+            out[idx] += amps[b] * _bcg_kernel((idx - centre) / sfreq, width * stretch[b], k)
+    return out
+
+
+def _cardiac(n_times, sfreq, r_peaks, rng, real: rl.Realism, hard_rng):
     n_ch = len(nv.CHANNEL_NAMES)
     k_t = np.arange(int(0.6 * sfreq)) / sfreq - 0.3  # kernels centred on their lag
     bcg_comp = np.zeros((3, n_times))
     delays = np.sort(rng.uniform(0.15, 0.30, 3))
+    beats = None if hard_rng is None else rl.beat_variation(hard_rng, r_peaks, 3, real)
     for k in range(3):
         width = rng.uniform(0.03, 0.06)
-        kernel = np.exp(-0.5 * (k_t / width) ** 2)
-        if k == 1:
-            kernel = -k_t / width * np.exp(0.5 - 0.5 * (k_t / width) ** 2)
+        kernel = _bcg_kernel(k_t, width, k)
         resp = 1 + 0.1 * np.sin(2 * np.pi * 0.25 * r_peaks + rng.uniform(0, 2 * np.pi))
         amps = resp * (1 + 0.15 * rng.normal(size=r_peaks.size))
-        bcg_comp[k] = _place(n_times, sfreq, r_peaks, amps, kernel, delays[k] - 0.3)
+        if beats is None:
+            bcg_comp[k] = _place(n_times, sfreq, r_peaks, amps, kernel, delays[k] - 0.3)
+        else:  # the respiratory modulation of hard mode replaces the ideal 10 %
+            latency, stretch, resp_amp = (v[k] for v in beats)
+            amps = resp_amp * amps / resp
+            bcg_comp[k] = _place_varied(n_times, sfreq, r_peaks, amps, width, k, delays[k],
+                                        latency, stretch)  # fmt: skip
     weights = rng.normal(size=(n_ch, 3))
     bcg = weights @ bcg_comp
     # every channel's typical (median over beats) peak amplitude is 50-150 uV
@@ -246,7 +288,7 @@ def simulate_artifacts(
     slice_times,
     rng: np.random.Generator,
     *,
-    clock_ppm: float = 1.5,
+    realism: str | rl.Realism = "ideal",
 ) -> ArtifactSim:
     """Simulate gradient, BCG, ECG, EOG, line noise and sensor noise for 64 channels.
 
@@ -263,8 +305,9 @@ def simulate_artifacts(
         BIDS SliceTiming of one volume (s); slices are played in increasing time order.
     rng : numpy.random.Generator
         Source of randomness (the result is a deterministic function of its state).
-    clock_ppm : float
-        Scanner clock speed relative to the EEG clock (parts per million).
+    realism : "ideal" | "hard" | Realism
+        Artifact realism (:mod:`bids_app.simulate.realism`); hard-mode effects draw from
+        a generator spawned from ``rng``, so the ideal output does not depend on them.
 
     Returns
     -------
@@ -272,12 +315,16 @@ def simulate_artifacts(
         Components (volts) and truth: ``r_peaks_s``, ``slice_onsets_s``, ``noise_rms``.
     """
     volume_onsets_s = np.asarray(volume_onsets_s, dtype=float)
+    real = rl.resolve_realism(realism)
+    hard_rng = rng.spawn(1)[0] if real.hard else None
     gradient, slice_onsets = _gradient(n_times, sfreq, volume_onsets_s, slice_times, rng,
-                                       clock_ppm)  # fmt: skip
+                                       real, hard_rng)  # fmt: skip
     r_peaks = _heartbeats(n_times, sfreq, rng)
-    bcg, ecg, polarity = _cardiac(n_times, sfreq, r_peaks, rng)
+    bcg, ecg, polarity = _cardiac(n_times, sfreq, r_peaks, rng, real, hard_rng)
     eog = _blinks(n_times, sfreq, rng)
     line, noise, noise_rms = _line_and_noise(n_times, sfreq, rng)
+    if hard_rng is not None and real.vibration_uv:
+        line += rl.vibration_lines(hard_rng, line.shape[0], n_times, sfreq, real.vibration_uv)
     r_peaks = r_peaks[r_peaks < n_times / sfreq]
     logger.debug("Simulated %d slices and %d heartbeats", slice_onsets.size, r_peaks.size)
     return ArtifactSim(
@@ -303,6 +350,10 @@ class Recording:
         Everything except the gradient artifact and the sensor noise.
     volume_onsets : ndarray
         R128 samples.
+    sidecar_slice_timing : list of float | None
+        The SliceTiming a BOLD sidecar would list (see ``Realism.sidecar_slice_timing``).
+    realism : Realism
+        The effects simulated.
     """
 
     raw: object
@@ -310,11 +361,13 @@ class Recording:
     neural: np.ndarray
     clean: np.ndarray
     volume_onsets: np.ndarray
+    sidecar_slice_timing: list | None = None
+    realism: rl.Realism = rl.REALISM["ideal"]
 
 
 def simulate_recording(
     n_volumes: int = 20, seed: int = 0, *, bcg: bool = True, extra_s: float = 3.0,
-    sfreq: float = nv.EEG_SFREQ,
+    sfreq: float = nv.EEG_SFREQ, realism: str | rl.Realism = "ideal",
 ) -> Recording:  # fmt: skip
     """A NATVIEW-like in-scanner recording with a simple neural background.
 
@@ -334,6 +387,8 @@ def simulate_recording(
         EEG recorded outside the scan at each end (s).
     sfreq : float
         Sampling rate.
+    realism : "ideal" | "hard" | Realism
+        Artifact realism (:mod:`bids_app.simulate.realism`).
 
     Returns
     -------
@@ -345,8 +400,10 @@ def simulate_recording(
     tr_samples = int(round(nv.TR * sfreq))
     extra = int(extra_s * sfreq)
     n_times = 2 * extra + tr_samples * n_volumes
-    onsets = extra + tr_samples * np.arange(n_volumes)
-    art = simulate_artifacts(n_times, sfreq, onsets / sfreq, nv.slice_timing(), rng)
+    real = rl.resolve_realism(realism)
+    onsets = rl.volume_marker_samples(extra, n_volumes, tr_samples, real)
+    art = simulate_artifacts(n_times, sfreq, onsets / sfreq, nv.slice_timing(), rng,
+                             realism=real)  # fmt: skip
     names = nv.CHANNEL_NAMES
     eeg = [names.index(c) for c in nv.EEG_CHANNELS]
     neural = np.zeros((len(names), n_times))
@@ -366,4 +423,5 @@ def simulate_recording(
     info = mne.create_info(list(names), sfreq, [nv.CHANNEL_TYPES[c] for c in names])
     raw = mne.io.RawArray(data, info, verbose=False)
     raw.set_annotations(mne.Annotations(onsets / sfreq, 0.0, "Response/R128"))
-    return Recording(raw, art, neural, clean, onsets)
+    sidecar = rl.sidecar_slice_timing(nv.slice_timing(), nv.TR, real)
+    return Recording(raw, art, neural, clean, onsets, sidecar, real)

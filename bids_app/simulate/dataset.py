@@ -16,7 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from bids_app.natview import facts as nv
 from bids_app.simulate import scenario
+from bids_app.simulate.realism import Realism, resolve_realism, sidecar_slice_timing
 from bids_app.simulate.release_eeg import run_markers, write_release_eeg
 from bids_app.simulate.timeline import RunTimeline, checker_blocks, run_timeline
 from bids_app.simulate.truth import (
@@ -64,6 +66,7 @@ def simulate_dataset(
     layout: str = "natview",
     null: bool = False,
     seed: int = 0,
+    realism: str | Realism = "ideal",
 ) -> Path:
     """Simulate a NATVIEW-like EEG-fMRI dataset with its planted truth.
 
@@ -81,6 +84,9 @@ def simulate_dataset(
         Remove every planted stimulus -> source -> BOLD link (false-discovery control).
     seed : int
         Seed of :func:`numpy.random.default_rng`; the output is identical for a seed.
+    realism : {"ideal", "hard"} | Realism
+        Realism of the MR artifacts and of the BOLD sidecar's SliceTiming
+        (:mod:`bids_app.simulate.realism`); recorded in ``sourcedata/simulation``.
 
     Returns
     -------
@@ -100,14 +106,16 @@ def simulate_dataset(
         from bids_app.natview.convert import convert_natview
 
         with tempfile.TemporaryDirectory(prefix="eegfmri-sim-") as tmp:
-            raw_dir = simulate_dataset(Path(tmp) / "raw", scale=scale, null=null, seed=seed)
+            raw_dir = simulate_dataset(Path(tmp) / "raw", scale=scale, null=null, seed=seed,
+                                       realism=realism)  # fmt: skip
             convert_natview(raw_dir, out_dir)
         return out_dir
-    _simulate_release(out_dir, scale, null=null, seed=seed)
+    _simulate_release(out_dir, scale, null=null, seed=seed, real=resolve_realism(realism))
     return out_dir
 
 
-def _simulate_release(out_dir: Path, scale: scenario.Scale, *, null: bool, seed: int) -> None:
+def _simulate_release(out_dir: Path, scale: scenario.Scale, *, null: bool, seed: int,
+                      real: Realism) -> None:  # fmt: skip
     from bids_app.simulate.bold import simulate_bold
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -132,14 +140,17 @@ def _simulate_release(out_dir: Path, scale: scenario.Scale, *, null: bool, seed:
                 anatomy,
                 null=null,
                 t1w=last,
+                real=real,
             )
             coupled_all.update(bold_sim.coupled)
         write_subject_files(out_dir, subject, bold_sim, coupled_all)
     write_truth_readme(out_dir, scale, seed=seed, null=null, stimuli=stimuli)
+    dump_json(out_dir / "sourcedata" / "simulation" / "realism.json", real.to_dict())
 
 
 def _simulate_run(
-    out_dir, subject, spec, scale, stim, run_seq, anatomy: dict, *, null: bool, t1w: bool
+    out_dir, subject, spec, scale, stim, run_seq, anatomy: dict, *, null: bool, t1w: bool,
+    real: Realism,
 ):
     """Simulate and write one run; big arrays are written and freed as early as possible."""
     from bids_app.simulate.artifacts import simulate_artifacts
@@ -151,7 +162,7 @@ def _simulate_run(
     rng_neural, rng_art, rng_bold = (
         np.random.default_rng(s) for s in (seq_neural, seq_art, seq_bold)
     )
-    tl = run_timeline(spec, scale)
+    tl = run_timeline(spec, scale, real)
     neural = simulate_neural(
         spec.task, stim, tl.sfreq, tl.n_times, -tl.stim_onset_s, rng_neural, null=null
     )
@@ -160,9 +171,11 @@ def _simulate_run(
     if neural.eeg.nbytes > _SPILL_BYTES:
         np.save(spill, neural.eeg)
         neural.eeg = np.load(spill, mmap_mode="r")
-    art = simulate_artifacts(tl.n_times, tl.sfreq, tl.volume_onsets_s, tl.slice_times, rng_art)
+    art = simulate_artifacts(tl.n_times, tl.sfreq, tl.volume_onsets_s, tl.slice_times, rng_art,
+                             realism=real)  # fmt: skip
     data, comps = assemble_eeg(neural.eeg, art)
-    write_eeg_truth(out_dir, subject, spec, tl, comps, art, neural, artifact_seed=seq_art)
+    write_eeg_truth(out_dir, subject, spec, tl, comps, art, neural, artifact_seed=seq_art,
+                    realism=real)  # fmt: skip
     spill.unlink(missing_ok=True)
     eog = comps["eog"]
     del comps
@@ -196,7 +209,8 @@ def _simulate_run(
     bold_sim = simulate_bold(
         spec.task, spec.n_volumes, power, rng_bold, scale, null=null, t1w=t1w, **anatomy
     )
-    write_run_bold(out_dir, subject, spec, tl, bold_sim, checker_blocks=blocks)
+    write_run_bold(out_dir, subject, spec, tl, bold_sim, checker_blocks=blocks,
+                   slice_timing=sidecar_slice_timing(tl.slice_times, nv.TR, real))
     write_run_truth(out_dir, subject, spec, tl, neural, bold_sim, null=null)
     return bold_sim
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from bids_app.natview import facts as nv
 from bids_app.simulate import scenario
+from bids_app.simulate.realism import REALISM, Realism, volume_marker_samples
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,8 @@ class RunTimeline:
         return float(self.volume_onsets_s[0])
 
 
-def run_timeline(spec: scenario.RunSpec, scale: scenario.Scale) -> RunTimeline:
+def run_timeline(spec: scenario.RunSpec, scale: scenario.Scale,
+                 realism: Realism = REALISM["ideal"]) -> RunTimeline:  # fmt: skip
     """Timeline of one run of ``scale`` (see the module docstring).
 
     Parameters
@@ -60,6 +62,8 @@ def run_timeline(spec: scenario.RunSpec, scale: scenario.Scale) -> RunTimeline:
         Task, run and number of volumes.
     scale : Scale
         Scale preset (sampling rate, extra EEG, slices).
+    realism : Realism
+        With unsynchronised clocks the volume markers drift off the EEG's TR grid.
 
     Returns
     -------
@@ -69,7 +73,7 @@ def run_timeline(spec: scenario.RunSpec, scale: scenario.Scale) -> RunTimeline:
     sfreq = float(scale.sfreq)
     tr_samples = int(round(nv.TR * sfreq))
     extra = int(round(scale.extra_eeg_s * sfreq))
-    onsets = (extra + tr_samples * np.arange(spec.n_volumes)) / sfreq
+    onsets = volume_marker_samples(extra, spec.n_volumes, tr_samples, realism) / sfreq
     n_times = 2 * extra + tr_samples * spec.n_volumes
     delay = nv.TR if spec.task.startswith("checker") else 0.0
     return RunTimeline(

@@ -10,6 +10,7 @@ changed so that they differ). This keeps the demo release under 1.5 GB on disk.
 
 from __future__ import annotations
 
+import json
 import logging
 import zlib
 from pathlib import Path
@@ -176,6 +177,7 @@ def _regenerate_artifacts(truth: dict, npz_path) -> dict[str, np.ndarray]:
         truth["volume_onsets_s"],
         list(truth["slice_times"]),
         np.random.default_rng(_artifact_seed(truth)),
+        realism=json.loads(str(truth["realism_json"])) if "realism_json" in truth else "ideal",
     )
     comps = artifact_components(art)
     for key in ARTIFACT_KEYS:
@@ -197,12 +199,14 @@ def write_eeg_truth(
     neural,
     *,
     artifact_seed: np.random.SeedSequence,
+    realism=None,
 ) -> Path:
     """Per-run EEG truth ``.npz``: components, timings and source time courses.
 
     ``neural``, ``ecg``, ``eog`` and ``ocular_weights`` are stored; the artifacts
     (:data:`ARTIFACT_KEYS`) are stored as ``artifact_seed`` (the ``SeedSequence`` of the
-    run's ``simulate_artifacts`` generator) plus one checksum each; see
+    run's ``simulate_artifacts`` generator) plus one checksum each, and the ``realism``
+    (:class:`~bids_app.simulate.realism.Realism`, default ideal) as JSON; see
     :func:`load_run_truth`.
     """
     arrays = {key: comps[key] for key in ("neural", "ecg", "eog", "ocular_weights")}
@@ -211,6 +215,7 @@ def write_eeg_truth(
         artifact_seed_entropy=np.array(str(artifact_seed.entropy)),
         artifact_seed_spawn_key=np.array(artifact_seed.spawn_key, dtype=np.int64),
         slice_times=np.asarray(tl.slice_times, dtype=float),
+        realism_json=np.array(json.dumps(realism.to_dict() if realism is not None else {})),
         sfreq=np.float64(tl.sfreq),
         ch_names=np.array(nv.CHANNEL_NAMES),
         eeg_channels=np.array(nv.EEG_CHANNELS),
@@ -291,6 +296,12 @@ sample ("EEG time") unless a name says otherwise. Channels follow natview_facts.
 
 simulation.json
     Scale, seed, null flag, runs and the timeline of each run.
+realism.json
+    The artifact realism (bids_app.simulate.realism.Realism): "ideal" follows the cleaning
+    methods' model; "hard" adds per-slice gradient waveforms, volume-to-volume amplitude,
+    a sudden head movement, vibration lines (in "line"), drifting clocks, a BOLD sidecar
+    SliceTiming that is absent or wrong (the slices played are in slice_times), and
+    beat-to-beat BCG latency, shape and respiratory changes. Each effect is one field.
 stimuli/task-<task>_features.npz
     Stimulus features of the task's video at <fps> frames/s (one key per feature, time 0 =
     stimulus start = 'S  1' marker), feature onsets (onsets_<feature>, s), checker_on.
@@ -310,7 +321,8 @@ sub-XX/<run>_truth.npz
       eog (2 rows)      EOGL, EOGU signals (blinks, saccades)
     bids_app.simulate.dataset.sum_components(dict) rebuilds the recording.
     Also: sfreq, ch_names, eeg_channels, volume_onsets_s (R128), slice_onsets_s,
-    r_peaks_s (true heartbeats), noise_rms (per channel), stim_onset_s,
+    slice_times (played in each volume, s), r_peaks_s (true heartbeats), noise_rms (per
+    channel), stim_onset_s,
     source_waveforms (dipole moments, A*m, rows = source_names),
     source_power_<source> (power envelope, (nA*m)^2, at 10 Hz from the first EEG sample).
 sub-XX/<run>_dipoles.json

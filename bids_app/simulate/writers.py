@@ -87,8 +87,12 @@ def write_run_bold(
     bold_sim,
     *,
     checker_blocks=None,
+    slice_timing: list | None = None,
 ) -> None:
-    """BOLD image, dcm2niix-style sidecar and task events of one run."""
+    """BOLD image, dcm2niix-style sidecar and task events of one run.
+
+    ``slice_timing`` is the sidecar's SliceTiming (None: no such key).
+    """
     import nibabel as nib
 
     stem = run_stem(subject, spec)
@@ -96,7 +100,12 @@ def write_run_bold(
     func = ses_dir / "func"
     func.mkdir(parents=True, exist_ok=True)
     nib.save(as_scanner_int16(bold_sim.bold), func / f"{stem}_bold.nii.gz")
-    dump_json(func / f"{stem}_bold.json", bold_sidecar(spec.task, subject, spec.session))
+    sidecar = bold_sidecar(spec.task, subject, spec.session)
+    if slice_timing is None:
+        sidecar.pop("SliceTiming")
+    else:
+        sidecar["SliceTiming"] = list(slice_timing)
+    dump_json(func / f"{stem}_bold.json", sidecar)
     rows = ["onset\tduration\ttrial_type"]
     start = tl.stim_onset_s - tl.first_volume_s
     if checker_blocks:

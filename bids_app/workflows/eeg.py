@@ -122,10 +122,7 @@ def run_eeg_workflow(run, config, writer) -> EEGResult:
     sfreq = raw.info["sfreq"]
     bold_meta = run.metadata("bold") if getattr(run, "bold", None) else {}
     tr = bold_meta.get("RepetitionTime")
-    slice_timing = bold_meta.get("SliceTiming")
-    if slice_timing is None and (tr is None or abs(tr - nv.TR) < 1e-3):
-        slice_timing = nv.slice_timing()  # NATVIEW's sequence when the BOLD sidecar is absent
-        logger.info("No SliceTiming for %s: using NATVIEW's interleaved timing", run.eeg)
+    slice_timing = bold_meta.get("SliceTiming")  # a prior: the onsets come from the EEG
     steps: list[dict[str, Any]] = []
     eeg_picks = mne.pick_types(raw.info, eeg=True, exclude=())
     names = [raw.ch_names[i] for i in eeg_picks]
@@ -138,7 +135,7 @@ def run_eeg_workflow(run, config, writer) -> EEGResult:
     if cfg.gradient and n_markers:
         _, grad = remove_gradient_artifact(
             raw, marker=cfg.volume_marker, tr=tr, slice_timing=slice_timing,
-            n_slices=None if slice_timing else nv.N_SLICES, window=cfg.gradient_window,
+            n_slices=nv.N_SLICES, window=cfg.gradient_window,
             upsample=cfg.gradient_upsample, obs_components=cfg.gradient_obs_components,
             lowpass=cfg.gradient_lowpass, anc=cfg.gradient_anc, copy=False,
             source=str(run.eeg), n_jobs=config.execution.omp_nthreads)
@@ -155,10 +152,12 @@ def run_eeg_workflow(run, config, writer) -> EEGResult:
         scan = slice(int(volume_onsets[0] * sf_low), int((volume_onsets[-1] + (tr or nv.TR))
                                                           * sf_low))  # fmt: skip
         tr_s = trig.tr_samples / sfreq
-        slice_freq = 1.0 / _slice_period(slice_timing, grad.n_slices, tr_s)
+        slice_freq = 1.0 / _slice_period(grad.slice_timing, grad.n_slices, tr_s)
         metrics.update(qc.gradient_metrics(before[:, scan], after[:, scan], sf_low,
                                            slice_freq=slice_freq, volume_freq=1 / tr_s))
         qc_summary["markers"] = trig.to_dict()
+        qc_summary["slice_timing_source"] = grad.slice_timing.source
+        qc_summary["slice_timing_reason"] = grad.slice_timing.reason
         strongest = int(np.argmax(np.var(before[:, scan], axis=1)))
         figs["gradient"] = _fig_epochs(before[strongest], after[strongest], sf_low,
                                        volume_onsets, tr_s, f"Volume artifact, {names[strongest]}")
@@ -216,10 +215,10 @@ _CHANNEL_COLUMNS = {
 }  # fmt: skip
 
 
-def _slice_period(slice_timing, n_slices, tr_s):
-    if slice_timing:
-        st = np.unique(np.asarray(slice_timing, dtype=float))
-        return float(np.median(np.diff(st)))
+def _slice_period(timing, n_slices, tr_s):
+    """Slice spacing (s) measured by the gradient step, else the TR over the slices."""
+    if np.isfinite(timing.slice_period_ms):
+        return timing.slice_period_ms / 1e3
     return tr_s / n_slices
 
 

@@ -122,3 +122,50 @@ def test_upsampling_equals_interp_and_threads_do_not_change_results(rec):
     np.testing.assert_array_equal(rec.raw.get_data(), before)  # copy=True leaves the input
     others = np.setdiff1d(np.arange(len(rec.raw.ch_names)), PICKS[:4])
     np.testing.assert_array_equal(a.get_data()[others], before[others])
+
+
+@pytest.fixture(scope="module")
+def hard_rec():
+    """30 volumes of hard-mode data: beat-to-beat latency, width and respiratory changes."""
+    r = make_recording(30, seed=11, realism="hard")
+    r.raw._data[:] = r.clean + r.art.noise
+    return r
+
+
+def _error_near_beats(rec, corrected):
+    """RMS error (1-40 Hz) within +-0.5 s of every R-peak / RMS of the sensor noise there."""
+    truth = (rec.clean - rec.art.bcg + rec.art.noise)[PICKS]
+    near = np.zeros(corrected.shape[1], bool)
+    for r in np.round(rec.art.r_peaks_s * SFREQ).astype(int):
+        near[max(r - int(0.5 * SFREQ), 0): r + int(0.5 * SFREQ)] = True
+    err = band(corrected - truth, 1, 40)[:, near]
+    noise = band(rec.art.noise[PICKS], 1, 40)[:, near]
+    return float(np.sqrt(np.mean(err**2) / np.mean(noise**2)))
+
+
+def test_hard_bcg_beats_apply_pca_obs_near_the_beats(hard_rec):
+    """Claim (docs/methods.md): on hard-mode BCG, less total error near the beats than
+    apply_pca_obs given the same R-peaks, and a beat-locked residual below 0.05."""
+    rec = hard_rec
+    out, report = remove_bcg_artifact(rec.raw, picks=PICKS)
+    peaks = np.round(report.events_s * SFREQ).astype(int)
+    mne_out = mne.preprocessing.apply_pca_obs(
+        rec.raw, picks=[rec.raw.ch_names[i] for i in PICKS], qrs_times=peaks / SFREQ,
+        verbose=False)  # fmt: skip
+    ours, theirs = (_error_near_beats(rec, x.get_data()[PICKS]) for x in (out, mne_out))
+    locked = _locked_ratio(rec, out.get_data()[PICKS])
+    print(f"hard BCG: error near beats / noise eegfmri {ours:.2f}, apply_pca_obs "
+          f"{theirs:.2f}; beat-locked residual {locked:.4f}")
+    assert report.source == "ecg"
+    assert ours < theirs
+    assert locked < 0.05
+
+
+def test_degenerate_cardiac_input_says_what_is_wrong(rec):
+    raw = rec.raw.copy().drop_channels(["ECG"])
+    raw.info["bads"] = [c for c in raw.ch_names if c in nv.EEG_CHANNELS]
+    with pytest.raises(InputError, match="run.set.*every EEG channel is marked bad"):
+        remove_bcg_artifact(raw, picks=PICKS[:2], source="run.set")
+    with pytest.raises(InputError, match="run.set: 2 cardiac events"):
+        remove_bcg_artifact(rec.raw, picks=PICKS[:2], events=np.array([100, 6000, 10 ** 9]),
+                            source="run.set")  # fmt: skip

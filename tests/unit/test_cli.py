@@ -171,15 +171,16 @@ def test_subcommands_dispatch(tmp_path, monkeypatch, capsys):
 
     seen = {}
 
-    def fake_simulate(out_dir, *, scale, layout, null, seed):
-        seen.update(out=out_dir, scale=scale, layout=layout, null=null, seed=seed)
+    def fake_simulate(out_dir, *, scale, layout, null, seed, realism):
+        seen.update(out=out_dir, scale=scale, layout=layout, null=null, seed=seed,
+                    realism=realism)
         return out_dir
 
     monkeypatch.setattr(simulate, "simulate_dataset", fake_simulate)
     assert main(["simulate", str(tmp_path / "sim"), "--scale", "tiny", "--layout",
-                 "natview", "--null", "--seed", "3"]) == 0
+                 "natview", "--null", "--seed", "3", "--realism", "hard"]) == 0
     assert seen == {"out": tmp_path / "sim", "scale": "tiny", "layout": "natview",
-                    "null": True, "seed": 3}
+                    "null": True, "seed": 3, "realism": "hard"}
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")
     assert main(["simulate", str(tmp_path / "full")]) == 2

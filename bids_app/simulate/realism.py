@@ -1,0 +1,187 @@
+"""Realism of the simulated MR artifacts: the ``ideal`` and ``hard`` presets.
+
+``ideal`` data follow exactly the model the cleaning methods assume (every slice plays the
+same gradient waveform, the BOLD sidecar lists the slice times the scanner played, the
+pulse artifact is three fixed kernels scaled per beat) and serve the algebraic unit tests.
+``hard`` data break each of these assumptions the way real recordings do; each effect is a
+field of :class:`Realism`, can be switched off on its own (``dataclasses.replace``) and is
+recorded in the truth folder (``realism.json``):
+
+- ``slice_waveform_sd``: every slice position of the volume plays its own gradient waveform
+  (relative change of each gradient axis, SD; slice-select frequency, eddy currents);
+- ``volume_amplitude_sd``: the artifact amplitude changes from volume to volume (AR(1) with
+  this SD; gradient heating, small movements);
+- ``head_jump``: a sudden head movement at a random time in the middle half of the run
+  changes every channel's loop areas by this fraction, so the artifact shape changes;
+- ``vibration_uv``: vibration lines (cold-head helium pump, ventilation) of this peak
+  amplitude (uV) at a wandering fundamental in 20-50 Hz and its second harmonic;
+- ``clock_ppm`` and ``clocks_synchronised``: the scanner clock runs ``clock_ppm`` faster
+  than the EEG clock; unsynchronised, the volume markers drift off the EEG sample grid too
+  (they fall on the first EEG sample after each scanner trigger);
+- ``sidecar_slice_timing``: "correct" (the BOLD sidecar lists the slice times played),
+  "absent" (no SliceTiming) or "wrong" (slices spread evenly over the TR, as some
+  converters write, while the scanner played NATVIEW's 55.47 ms spacing);
+- ``bcg_latency_jitter_s``, ``bcg_shape_sd``, ``bcg_resp_depth``: beat-to-beat latency
+  jitter of every pulse-artifact component (SD), beat-to-beat change of its width
+  (relative SD), and the depth of its respiratory modulation (amplitude by this fraction,
+  latency by 40 ms times it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+
+SIDECAR_SLICE_TIMING = ("correct", "absent", "wrong")
+
+
+@dataclass(frozen=True)
+class Realism:
+    """Switches of the hard-mode artifact effects (see the module docstring).
+
+    Attributes
+    ----------
+    name : str
+        Preset name ("ideal", "hard", or a custom label).
+    slice_waveform_sd, volume_amplitude_sd, head_jump, vibration_uv : float
+        Gradient-artifact effects (0 disables each).
+    clock_ppm : float
+        Scanner clock speed relative to the EEG clock (parts per million).
+    clocks_synchronised : bool
+        Volume markers on the EEG's TR grid (True, as with a SyncBox) or drifting with the
+        scanner clock.
+    sidecar_slice_timing : {"correct", "absent", "wrong"}
+        What the BOLD sidecar says about the slice times.
+    bcg_latency_jitter_s, bcg_shape_sd, bcg_resp_depth : float
+        Pulse-artifact effects.
+    """
+
+    name: str = "ideal"
+    slice_waveform_sd: float = 0.0
+    volume_amplitude_sd: float = 0.0
+    head_jump: float = 0.0
+    vibration_uv: float = 0.0
+    clock_ppm: float = 1.5
+    clocks_synchronised: bool = True
+    sidecar_slice_timing: str = "correct"
+    bcg_latency_jitter_s: float = 0.0
+    bcg_shape_sd: float = 0.0
+    bcg_resp_depth: float = 0.1
+
+    def __post_init__(self):
+        if self.sidecar_slice_timing not in SIDECAR_SLICE_TIMING:
+            raise ValueError(f"sidecar_slice_timing must be one of {SIDECAR_SLICE_TIMING}, "
+                             f"got {self.sidecar_slice_timing!r}.")  # fmt: skip
+
+    @property
+    def hard(self) -> bool:
+        """Whether any effect beyond the ideal model is switched on."""
+        return self != dataclasses.replace(REALISM["ideal"], name=self.name)
+
+    def to_dict(self) -> dict:
+        """Plain-python view (written to the truth folder)."""
+        return dataclasses.asdict(self)
+
+
+REALISM: dict[str, Realism] = {
+    "ideal": Realism(),
+    "hard": Realism(
+        "hard", slice_waveform_sd=0.05, volume_amplitude_sd=0.03, head_jump=0.15,
+        vibration_uv=2.0, clock_ppm=40.0, clocks_synchronised=False,
+        sidecar_slice_timing="wrong", bcg_latency_jitter_s=0.01, bcg_shape_sd=0.15,
+        bcg_resp_depth=0.3,
+    ),
+}  # fmt: skip
+
+
+def resolve_realism(realism: str | Realism | dict) -> Realism:
+    """A :class:`Realism` from a preset name, an instance or its ``to_dict`` view."""
+    if isinstance(realism, Realism):
+        return realism
+    if isinstance(realism, dict):
+        return Realism(**realism)
+    if realism not in REALISM:
+        raise ValueError(f"realism must be one of {sorted(REALISM)}, got {realism!r}.")
+    return REALISM[realism]
+
+
+def volume_marker_samples(first: int, n_volumes: int, tr_samples: int,
+                          realism: Realism) -> np.ndarray:  # fmt: skip
+    """Samples of the volume markers: the TR grid, or the scanner clock's drifting grid."""
+    if realism.clocks_synchronised:
+        return first + tr_samples * np.arange(n_volumes)
+    scanner = tr_samples * (1.0 + realism.clock_ppm * 1e-6) * np.arange(n_volumes)
+    return first + np.ceil(scanner - 1e-9).astype(np.int64)
+
+
+def sidecar_slice_timing(played: list[float], tr: float, realism: Realism) -> list | None:
+    """SliceTiming written to the BOLD sidecar for the slice times the scanner ``played``."""
+    if realism.sidecar_slice_timing == "correct":
+        return list(played)
+    if realism.sidecar_slice_timing == "absent":
+        return None
+    played = np.asarray(played, dtype=float)
+    rank = np.argsort(np.argsort(played))  # even spread over the TR, same acquisition order
+    return [round(float(r * tr / played.size), 6) for r in rank]
+
+
+def slice_gains(rng: np.random.Generator, n_slices: int, sd: float) -> np.ndarray:
+    """Gain of each gradient axis (columns z, x, y) per slice position, shape (n, 3)."""
+    return 1.0 + sd * rng.standard_normal((n_slices, 3))
+
+
+def volume_gains(rng: np.random.Generator, n_volumes: int, sd: float) -> np.ndarray:
+    """Artifact amplitude per volume: 1 + AR(1) (coefficient 0.7) with standard deviation sd."""
+    out = np.zeros(n_volumes)
+    state = 0.0
+    for v in range(n_volumes):
+        state = 0.7 * state + np.sqrt(1 - 0.49) * rng.standard_normal()
+        out[v] = state
+    return 1.0 + sd * out
+
+
+def jump(rng: np.random.Generator, n_times: int, mix: np.ndarray, size: float):
+    """Sample of a sudden head movement and the change of the loop-area mixture it causes."""
+    at = int(rng.uniform(0.25, 0.75) * n_times)
+    scale = np.abs(mix).mean(axis=1, keepdims=True)
+    return at, size * rng.standard_normal(mix.shape) * scale
+
+
+def vibration_lines(rng: np.random.Generator, n_ch: int, n_times: int, sfreq: float,
+                    peak_uv: float) -> np.ndarray:  # fmt: skip
+    """Vibration lines: a wandering fundamental (20-50 Hz) and its harmonic, per channel."""
+    t = np.arange(n_times) / sfreq
+    f0 = rng.uniform(20.0, 50.0)
+    wander = 0.2 * np.sin(2 * np.pi * t / rng.uniform(40.0, 90.0) + rng.uniform(0, 2 * np.pi))
+    phase = 2 * np.pi * np.cumsum(f0 + wander) / sfreq
+    out = np.zeros((n_ch, n_times), dtype=np.float32)
+    for harmonic, rel in ((1, 1.0), (2, 0.4)):
+        amp = rel * peak_uv * 1e-6 * rng.uniform(0.2, 1.0, n_ch)
+        offset = rng.uniform(0, 2 * np.pi, n_ch)
+        c, s = np.cos(harmonic * phase), np.sin(harmonic * phase)
+        out += ((amp * np.cos(offset))[:, None] * c - (amp * np.sin(offset))[:, None] * s
+                ).astype(np.float32)  # fmt: skip
+    return out
+
+
+def beat_variation(rng: np.random.Generator, r_peaks: np.ndarray, n_comp: int,
+                   realism: Realism):  # fmt: skip
+    """Per-beat latency offsets (s), width factors and amplitude factors, shape (n_comp, beats).
+
+    Respiration (rate 0.2-0.33 Hz, drifting) modulates the amplitude by ``bcg_resp_depth``
+    and the latency by 40 ms x ``bcg_resp_depth``; on top, every component of every beat has
+    its own latency jitter and width change.
+    """
+    rate = rng.uniform(0.2, 0.33)
+    drift = 1.0 + 0.15 * np.sin(2 * np.pi * r_peaks / rng.uniform(60.0, 120.0))
+    resp = np.sin(2 * np.pi * rate * np.cumsum(np.diff(r_peaks, prepend=0.0) * drift)
+                  + rng.uniform(0, 2 * np.pi))  # fmt: skip
+    depth = realism.bcg_resp_depth
+    latency = 0.04 * depth * resp[None, :] + realism.bcg_latency_jitter_s * rng.standard_normal(
+        (n_comp, r_peaks.size))  # fmt: skip
+    width = np.clip(1.0 + realism.bcg_shape_sd * rng.standard_normal((n_comp, r_peaks.size)),
+                    0.5, 1.5)  # fmt: skip
+    amp = 1.0 + depth * resp[None, :] * np.ones((n_comp, 1))
+    return latency, width, amp
