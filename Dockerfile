@@ -10,14 +10,14 @@
 #
 #   docker build -t eegfmri/eegfmri:0.1.0 .                           # CPU torch (default)
 #   docker build --build-arg TORCH_VARIANT=cu128 -t eegfmri/eegfmri:0.1.0-cuda .
-#   docker build --build-arg BASE_IMAGE=python:3.11-slim-bookworm \
+#   docker build --build-arg BASE_IMAGE=docker.io/library/python:3.11-slim-bookworm \
 #       --build-arg BASE_PYTHON=/usr/local/bin/python3.11 -t eegfmri/eegfmri:0.1.0-slim .
 #   docker run --rm -v /data/bids:/data:ro -v /data/out:/out eegfmri/eegfmri:0.1.0 \
 #       /data /out participant --participant-label 01
-ARG BASE_IMAGE=nipreps/fmriprep:24.1.1
+ARG BASE_IMAGE=docker.io/nipreps/fmriprep:24.1.1
 FROM ${BASE_IMAGE}
 
-ARG BASE_IMAGE=nipreps/fmriprep:24.1.1
+ARG BASE_IMAGE=docker.io/nipreps/fmriprep:24.1.1
 # Python (>= 3.11, with its venv module) of the base image; the default is fMRIPrep's.
 ARG BASE_PYTHON=/opt/conda/envs/fmriprep/bin/python
 # torch is installed first, as the exact local version TORCH_VERSION+TORCH_VARIANT, so pip
@@ -68,7 +68,7 @@ COPY bids_app /src/eegfmri/bids_app
 # hadolint ignore=DL3013
 RUN if [ -n "${BUILD_CA_BUNDLE}" ]; then export PIP_CERT="${BUILD_CA_BUNDLE}"; fi \
     && pip install --no-cache-dir /src/eegfmri \
-    && rm -rf /src/eegfmri \
+    && rm -rf /src \
     && eegfmri --version
 
 # Non-root user; HPC runs usually override the uid (docker -u / singularity) anyway, so

@@ -107,8 +107,8 @@ else
         "(docker build cannot mount it)."
     say "torch: $TORCH_INDEX cannot be reached; installing $(basename "$wheel") from" \
         "$wheelhouse (mounted read-only), its dependencies from PyPI"
-    VOLUMES+=(--volume "$wheelhouse:/wheelhouse:ro")
-    BUILD_ARGS+=(--build-arg "TORCH_FIND_LINKS=/wheelhouse"
+    VOLUMES+=(--volume "$wheelhouse:/tmp/wheelhouse:ro")
+    BUILD_ARGS+=(--build-arg "TORCH_FIND_LINKS=/tmp/wheelhouse"
                  --build-arg "TORCH_INDEX_URL=https://pypi.org/simple")
 fi
 
@@ -118,18 +118,20 @@ ca_bundle=${BUILD_CA_BUNDLE:-${PIP_CERT:-${REQUESTS_CA_BUNDLE:-}}}
 if [ -n "$ca_bundle" ] && [ "$ENGINE" != docker ]; then
     [ -f "$ca_bundle" ] || die "CA bundle $ca_bundle (BUILD_CA_BUNDLE/PIP_CERT) does not exist."
     say "pip trusts $ca_bundle during the build (mounted read-only, not kept in the image)"
-    VOLUMES+=(--volume "$ca_bundle:/run/build-ca.crt:ro")
-    BUILD_ARGS+=(--build-arg "BUILD_CA_BUNDLE=/run/build-ca.crt")
+    VOLUMES+=(--volume "$ca_bundle:/tmp/build-ca.crt:ro")
+    BUILD_ARGS+=(--build-arg "BUILD_CA_BUNDLE=/tmp/build-ca.crt")
 fi
 
 # ---------------------------------------------------------------------------- build
 BUILD_ARGS+=(--build-arg "VERSION=$VERSION"
              --build-arg "BUILD_DATE=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
              --build-arg "VCS_REF=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)")
+# podman/buildah write the Docker image format: OCI has no SHELL, and Docker-format images
+# load the same way into docker, podman and apptainer (docker-archive).
 case $ENGINE in
     docker) BUILD=(docker build) ;;
-    podman) BUILD=(podman build --isolation chroot --pull=missing) ;;
-    buildah) BUILD=(buildah bud --isolation chroot --pull) ;;
+    podman) BUILD=(podman build --format docker --isolation chroot --pull=missing) ;;
+    buildah) BUILD=(buildah bud --format docker --isolation chroot --pull) ;;
 esac
 start=$(date +%s)
 "${BUILD[@]}" "${BUILD_ARGS[@]}" "${VOLUMES[@]}" --tag "$IMAGE" --file Dockerfile .

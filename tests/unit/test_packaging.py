@@ -81,7 +81,8 @@ def test_hadolint_clean_with_required_labels():
 def test_dockerfile_base_image_entrypoint_user_threads():
     text = _dockerfile()
     base = _arg_default("BASE_IMAGE")
-    match = re.fullmatch(r"nipreps/fmriprep:(\d+\.\d+\.\d+)", base)
+    # Fully qualified: podman resolves no short names without a registries.conf search list.
+    match = re.fullmatch(r"docker\.io/nipreps/fmriprep:(\d+\.\d+\.\d+)", base)
     assert match, f"default base must be an exactly pinned fMRIPrep image, not {base}"
     assert Version(match.group(1)) >= Version("24.0.0")  # its conda env has Python >= 3.11
     assert re.findall(r"^FROM (.+)$", text, re.MULTILINE) == ["${BASE_IMAGE}"]
@@ -186,12 +187,13 @@ def test_make_image_recipe_falls_back_to_an_offline_base_and_local_torch(tmp_pat
                for c in calls)
     build = shlex.split(next(c for c in calls if c.startswith("podman build ")))
     assert "--isolation" in build and build[build.index("--isolation") + 1] == "chroot"
+    assert build[build.index("--format") + 1] == "docker"  # OCI would drop SHELL
     args = {build[i + 1] for i, a in enumerate(build) if a == "--build-arg"}
     assert {"BASE_IMAGE=localhost/eegfmri-base:bookworm", "BASE_PYTHON=/usr/bin/python3.11",
-            "TORCH_VARIANT=cpu", "TORCH_FIND_LINKS=/wheelhouse", f"VERSION={VERSION}"} <= args
+            "TORCH_VARIANT=cpu", "TORCH_FIND_LINKS=/tmp/wheelhouse", f"VERSION={VERSION}"} <= args
     volumes = {build[i + 1] for i, a in enumerate(build) if a == "--volume"}
-    assert volumes == {f"{wheelhouse}:/wheelhouse:ro", f"{proxy_ca}:/run/build-ca.crt:ro"}
-    assert "BUILD_CA_BUNDLE=/run/build-ca.crt" in args  # pip trusts the host's CA bundle
+    assert volumes == {f"{wheelhouse}:/tmp/wheelhouse:ro", f"{proxy_ca}:/tmp/build-ca.crt:ro"}
+    assert "BUILD_CA_BUNDLE=/tmp/build-ca.crt" in args  # pip trusts the host's CA bundle
     assert build[build.index("--tag") + 1] == IMAGE and build[-1] == "."
     assert f"built {IMAGE} on localhost/eegfmri-base:bookworm" in res.stderr
     assert "image size 2500 MB" in res.stderr
