@@ -33,9 +33,6 @@ ARG TORCH_FIND_LINKS=""
 # behind a TLS-inspecting proxy (mounted at build time, e.g. `podman build -v`; it is not
 # copied into the image).
 ARG BUILD_CA_BUNDLE=""
-ARG VERSION=0.1.0
-ARG BUILD_DATE=unknown
-ARG VCS_REF=unknown
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
@@ -78,6 +75,10 @@ RUN useradd --no-log-init --create-home --shell /bin/bash --uid 10001 eegfmri \
 USER 10001
 WORKDIR /home/eegfmri
 
+# Declared last: a new date or commit must not invalidate the cached layers above.
+ARG VERSION=0.1.0
+ARG BUILD_DATE=unknown
+ARG VCS_REF=unknown
 LABEL org.opencontainers.image.title="eegfmri" \
       org.opencontainers.image.description="BIDS App for simultaneous EEG-fMRI: artifact removal, fMRI preprocessing, EEG-fMRI coupling, VAE cognitive basis and masking" \
       org.opencontainers.image.version="${VERSION}" \
