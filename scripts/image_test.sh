@@ -17,7 +17,8 @@
 # /out, default build/image-test; a previous run's outputs there are replaced).
 set -euo pipefail
 
-cd "$(dirname "$0")/.."
+SCRIPT=$(realpath "$0")
+cd "$(dirname "$SCRIPT")/.."
 say() { printf 'make image-test: %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
 
@@ -64,7 +65,7 @@ if ! probe=$("$ENGINE" run --rm --entrypoint /bin/true "$IMAGE" 2>&1); then
     if [ "$(id -u)" != 0 ]; then
         [ -z "${_EEGFMRI_UNSHARED:-}" ] || die "the chroot fallback needs root privileges."
         say "not root: re-running inside podman unshare"
-        _EEGFMRI_UNSHARED=1 exec podman unshare bash "$0" "$@"
+        _EEGFMRI_UNSHARED=1 exec podman unshare bash "$SCRIPT" "$@"
     fi
     CONTAINER=$(podman create --entrypoint /bin/true "$IMAGE")
     cleanup() { podman umount "$CONTAINER" >/dev/null 2>&1 || true
@@ -85,6 +86,7 @@ chown "${USER_SPEC%%:*}" "$OUT" 2>/dev/null || chmod 0777 "$OUT"
 # Mount namespace of the chroot fallback: the image read-only, /out read-write, /in
 # read-only, fresh /proc, /tmp, $HOME, /dev/shm and a minimal /dev.
 inside_namespace() {
+    set -euo pipefail
     local root=$1 out=$2 in=$3 userspec=$4 workdir=$5 home=$6; shift 6
     mount --bind "$root" "$root"
     mount -o remount,bind,ro "$root"
