@@ -36,9 +36,11 @@ ENTITY_ORDER: tuple[str, ...] = (
 )  # fmt: skip
 LOCK_NAME = ".eegfmri-locks"
 #: Always ignored by the validator: folders and files BIDS has no name for.
+# "work" as well as "work/": the validator needs the bare name to ignore the folder that
+# is the default --work-dir (OUTPUT_DIR/work) with its nested subfolders.
 BASE_BIDSIGNORE: tuple[str, ...] = (
-    "figures", "logs/", "group/", "work/", "*.html", "*.svg", "*.png", "*.pt", "*.parquet",
-    f"{LOCK_NAME}/",
+    "figures", "logs/", "group/", "work/", "work", "*.html", "*.svg", "*.png", "*.pt",
+    "*.parquet", f"{LOCK_NAME}/",
 )  # fmt: skip
 _LABEL = re.compile(r"^[0-9a-zA-Z]+$")
 README = """# eegfmri derivatives

@@ -203,6 +203,10 @@ def test_outputs_pass_bids_validator(writer):
     writer.write_figure(fig, "01", "sub-01_ses-01_task-checker_desc-carpet_bold.png")
     plt.close(fig)
     writer.write_bytes("sub-01.html", b"<html></html>")
+    # The default --work-dir lies inside the output: nested scratch files are ignored.
+    scratch = writer.output_dir / "work" / "sub-01" / "fmri_wf"
+    scratch.mkdir(parents=True)
+    (scratch / "bold_ref.nii.gz").write_bytes(b"scratch")
     result = validate_derivatives(writer.output_dir)
     assert result.errors == [], result.summary()
 

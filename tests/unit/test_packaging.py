@@ -80,18 +80,25 @@ def test_hadolint_clean_with_required_labels():
 
 def test_dockerfile_base_image_entrypoint_user_threads():
     text = _dockerfile()
-    fmriprep = _arg_default("FMRIPREP_VERSION")
-    assert re.fullmatch(r"\d+\.\d+\.\d+", fmriprep), "fMRIPrep base must be pinned exactly"
-    assert Version(fmriprep) >= Version("24.0.0")  # its conda env has Python >= 3.11
-    assert "FROM nipreps/fmriprep:${FMRIPREP_VERSION}" in text
+    base = _arg_default("BASE_IMAGE")
+    # Fully qualified: podman resolves no short names without a registries.conf search list.
+    match = re.fullmatch(r"docker\.io/nipreps/fmriprep:(\d+\.\d+\.\d+)", base)
+    assert match, f"default base must be an exactly pinned fMRIPrep image, not {base}"
+    assert Version(match.group(1)) >= Version("24.0.0")  # its conda env has Python >= 3.11
+    assert re.findall(r"^FROM (.+)$", text, re.MULTILINE) == ["${BASE_IMAGE}"]
+    # The ARG is declared again after FROM so the label can name the base actually used.
+    assert text.count(f"ARG BASE_IMAGE={base}") == 2
+    assert 'org.opencontainers.image.base.name="${BASE_IMAGE}"' in text
+    assert _arg_default("BASE_PYTHON") == "/opt/conda/envs/fmriprep/bin/python"
+    assert '"${BASE_PYTHON}" -m venv /opt/eegfmri' in text
     assert 'ENTRYPOINT ["/opt/eegfmri/bin/eegfmri"]' in text
     user = re.findall(r"^USER (\S+)$", text, re.MULTILINE)
     assert user and user[-1] not in ("root", "0"), "the image must not run as root"
+    assert re.search(rf"useradd .*--uid {user[-1]} ", text), "USER must be a created user"
     env_block = text[text.index("ENV "):]
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         assert re.search(rf"{var}=1\b", env_block), var
     assert _arg_default("VERSION") == VERSION
-    assert "/opt/conda/envs/fmriprep/bin/python -m venv /opt/eegfmri" in text
     # eegfmri's venv comes first on PATH, but fMRIPrep's binaries stay reachable for
     # --fmri-backend fmriprep (bids_app.fmri.fmriprep looks `fmriprep` up on PATH).
     assert "PATH=/opt/eegfmri/bin:${PATH}" in env_block
@@ -108,11 +115,117 @@ def test_torch_pin_matches_setup_cfg_and_makefile():
     make_pin = re.search(r"torch==(\S+)", (ROOT / "Makefile").read_text()).group(1)
     assert docker_torch == make_pin
     text = _dockerfile()
-    assert '"torch==${TORCH_VERSION}"' in text
-    assert '--index-url "https://download.pytorch.org/whl/${TORCH_VARIANT}"' in text
+    # The exact local version (+cpu, +cu128, ...) so pip cannot swap in PyPI's CUDA build.
+    assert '"torch==${TORCH_VERSION}+${TORCH_VARIANT}" --index-url "${TORCH_INDEX_URL}"' \
+        in text
     assert _arg_default("TORCH_VARIANT") == "cpu"
+    assert _arg_default("TORCH_INDEX_URL") == "https://download.pytorch.org/whl/${TORCH_VARIANT}"
+    assert _arg_default("TORCH_FIND_LINKS") == '""'  # no local wheelhouse by default
+    assert 'PIP_FIND_LINKS="${TORCH_FIND_LINKS}" pip install' in text
     # eegfmri itself is installed from the copied source tree, i.e. setup.cfg's own spec.
     assert re.search(r"pip install --no-cache-dir /src/eegfmri\b", text)
+
+
+# --------------------------------------------------------------------------- make image
+
+FAKE_TOOL = """#!/bin/sh
+# Stand-in for a container tool: logs its arguments and answers as a sandbox without a
+# Docker daemon, registry or PyTorch index would.
+echo "$(basename "$0") $*" >> "$FAKE_LOG"
+case "$(basename "$0") $1" in
+    "docker info" | "curl "* | "podman pull") exit 1 ;;
+    "podman image")
+        case "$2" in
+            exists) exit 1 ;;
+            inspect) case "$*" in *Size*) echo 2500000000 ;;
+                                  *Config.User*) echo "$FAKE_USER" ;;
+                                  *Config.Entrypoint*) echo /opt/eegfmri/bin/eegfmri ;;
+                                  *) : ;; esac ;;
+        esac ;;
+    "mmdebstrap "*) for last; do :; done; : > "$last" ;;
+esac
+exit 0
+"""
+
+
+def _fake_tools(tmp_path: Path, **env: str) -> dict[str, str]:
+    """PATH with logging stand-ins for docker, podman, mmdebstrap and curl."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("docker", "podman", "mmdebstrap", "curl"):
+        (bin_dir / tool).write_text(FAKE_TOOL)
+        (bin_dir / tool).chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}",
+            "FAKE_LOG": str(tmp_path / "calls.log"), "HOME": str(tmp_path), **env}
+
+
+def test_make_image_recipe_falls_back_to_an_offline_base_and_local_torch(tmp_path):
+    """Without a daemon, registry or PyTorch index, `make image` builds with podman on an
+    mmdebstrap base and the local CPU torch wheel, and says so (no image is built)."""
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("make is not installed")
+    wheelhouse = tmp_path / "wheels"
+    wheelhouse.mkdir()
+    torch = _arg_default("TORCH_VERSION")
+    (wheelhouse / f"torch-{torch}+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").touch()
+    proxy_ca = tmp_path / "proxy-ca.crt"
+    proxy_ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    env = _fake_tools(tmp_path, TORCH_WHEELHOUSE=str(wheelhouse), PIP_CERT=str(proxy_ca),
+                      IMAGE_CACHE=str(tmp_path / "cache"))
+    res = subprocess.run([make, "-s", "-C", str(ROOT), "image"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+    calls = (tmp_path / "calls.log").read_text().splitlines()
+    base = _arg_default("BASE_IMAGE")
+    assert f"podman pull {base}" in calls  # the default base is tried first
+    assert "cannot be pulled here; falling back" in res.stderr
+    assert "--fmri-backend fmriprep will not work" in res.stderr
+    debootstrap = next(c for c in calls if c.startswith("mmdebstrap "))
+    assert "--variant=minbase" in debootstrap and "python3-venv" in debootstrap
+    assert any(c.startswith("podman import ") and c.endswith(" localhost/eegfmri-base:bookworm")
+               for c in calls)
+    build = shlex.split(next(c for c in calls if c.startswith("podman build ")))
+    assert "--isolation" in build and build[build.index("--isolation") + 1] == "chroot"
+    assert build[build.index("--format") + 1] == "docker"  # OCI would drop SHELL
+    args = {build[i + 1] for i, a in enumerate(build) if a == "--build-arg"}
+    assert {"BASE_IMAGE=localhost/eegfmri-base:bookworm", "BASE_PYTHON=/usr/bin/python3.11",
+            "TORCH_VARIANT=cpu", "TORCH_FIND_LINKS=/tmp/wheelhouse", f"VERSION={VERSION}"} <= args
+    volumes = {build[i + 1] for i, a in enumerate(build) if a == "--volume"}
+    assert volumes == {f"{wheelhouse}:/tmp/wheelhouse:ro", f"{proxy_ca}:/tmp/build-ca.crt:ro"}
+    assert "BUILD_CA_BUNDLE=/tmp/build-ca.crt" in args  # pip trusts the host's CA bundle
+    assert build[build.index("--tag") + 1] == IMAGE and build[-1] == "."
+    assert f"built {IMAGE} on localhost/eegfmri-base:bookworm" in res.stderr
+    assert "image size 2500 MB" in res.stderr
+    # No torch wheel for the variant: one clear sentence and a non-zero exit, no build.
+    (tmp_path / "calls.log").unlink()
+    env["TORCH_VARIANT"] = "cu128"
+    res = subprocess.run([make, "-s", "-C", str(ROOT), "image"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode != 0
+    assert f"no torch-{torch}+cu128 wheel is in TORCH_WHEELHOUSE" in res.stderr
+    assert not any(c.startswith("podman build") for c in
+                   (tmp_path / "calls.log").read_text().splitlines())
+
+
+@pytest.mark.parametrize("user", ["", "0", "root"])
+def test_make_image_test_refuses_an_image_that_runs_as_root(tmp_path, user):
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("make is not installed")
+    env = _fake_tools(tmp_path, FAKE_USER=user, IMAGE_TEST_OUT=str(tmp_path / "out"))
+    res = subprocess.run([make, "-s", "-C", str(ROOT), "image-test"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode != 0
+    assert "runs as root" in res.stderr and "it must not" in res.stderr, res.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_image_scripts_parse():
+    for script in ("build_image.sh", "image_test.sh", "image_sif.sh"):
+        res = subprocess.run(["bash", "-n", str(ROOT / "scripts" / script)],
+                             capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr
 
 
 def _pattern_regex(pattern: str) -> re.Pattern[str]:
@@ -232,6 +345,23 @@ def test_singularity_recipe_sections_match_image():
     derivatives = ROOT / "bids_app" / "io" / "derivatives.py"
     if derivatives.exists():
         assert '"eegfmri/eegfmri:{__version__}"' in derivatives.read_text()
+
+
+def test_singularity_recipe_restates_the_dockerfile_env_and_labels():
+    _, sections = _def_sections((ROOT / "singularity.def").read_text())
+    exported = dict(line.removeprefix("export ").split("=", 1)
+                    for line in sections["environment"])
+    env_block = _dockerfile().split("\nENV ", 1)[1].split("\n\n", 1)[0]
+    docker_env = dict(re.findall(r"(\w+)=(\S+)", env_block))
+    # HOME and pip settings belong to the image build / Docker user, not to a SIF run.
+    for name, value in docker_env.items():
+        if name == "HOME" or name.startswith("PIP_"):
+            continue
+        assert name in exported, f"{name} is in the Dockerfile ENV, not in %environment"
+        assert exported[name] in (value, f"${{{name}:-{value}}}") or name == "PATH", name
+    labels = dict(line.split(None, 1) for line in sections["labels"])
+    for key in ("org.opencontainers.image.licenses", "org.opencontainers.image.title"):
+        assert f'{key}="{labels[key]}"' in _dockerfile(), key
 
 
 def test_singularity_recipe_parses_with_spython():
