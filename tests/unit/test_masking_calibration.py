@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from scipy import signal, stats
+from test_masking import _train  # the same few Adam steps as the masking tests
 
 from bids_app.masking import MaskingData, auroc, occlusion_effects
 from bids_app.models.vae import MultimodalVAE, StimulusVAE
@@ -78,20 +79,6 @@ def realistic_data(n_windows: int, n_runs: int, rng: np.random.Generator, *, lin
         window_runs=np.repeat(np.arange(n_runs), n_windows))
     truth = np.concatenate([r[4] for r in runs], axis=1)
     return data, truth & linked
-
-
-def _train(model, data: MaskingData, steps: int, seed: int):
-    torch.manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
-    batch = {"eeg": torch.as_tensor(data.x_eeg), "fmri": torch.as_tensor(data.x_fmri),
-             "stimulus": torch.as_tensor(data.stimulus)}
-    model.train()
-    for _ in range(steps):
-        opt.zero_grad()
-        loss, _ = model.loss(batch)
-        loss.backward()
-        opt.step()
-    return model.eval()
 
 
 def fit_and_mask(seed: int, *, linked: bool, steps: int = 400):
