@@ -34,13 +34,16 @@ def naive_occlusion(
     device: str | torch.device | None = "cpu",
     batch_size: int = 4096,
 ) -> list[st.HeadEffects]:
-    """Reference occlusion: one full forward pass of all windows per masked unit.
+    """Reference occlusion: one full forward pass of the unit's windows per masked unit.
 
-    For each unit, a copy of every window is made with the unit set to its baseline
-    wherever it occurs, the model is run end to end (``encode`` then the decoders) on all
-    windows, and the change is measured in the windows that contain the unit. This is the
-    per-unit loop of generic occlusion tools (Captum ``Occlusion``); it is slow and exists
-    to check :func:`occlusion_effects`.
+    For each unit, a copy of the windows that contain it is made with the unit set to its
+    baseline wherever it occurs, the model is run end to end (``encode`` then the
+    decoders) on those windows in one batch, and the change is measured there. Windows
+    are independent inputs of the model, so the windows a unit does not touch cannot
+    change and are not forwarded (a fair naive loop: an EEG timestamp sits in a few
+    windows, not in all of its run's). This is the per-unit loop of generic occlusion
+    tools (Captum ``Occlusion``); it exists to check :func:`occlusion_effects` and as the
+    baseline of ``benchmarks/masking.py``.
 
     The whole-output head ``cross`` of VAE-1 is computed here from every output (the
     output layer runs for each masked unit and window); ``cross_outputs`` covers every
@@ -71,26 +74,28 @@ def naive_occlusion(
     x_fmri = np.asarray(data.x_fmri, dtype=np.float32)
     for u in range(len(units)):
         win, pos = occ[starts[u] : starts[u + 1], 0], occ[starts[u] : starts[u + 1], 1]
-        xe, xf = x_eeg.copy(), x_fmri.copy()
+        rows = np.unique(win)  # only the windows the unit touches
+        local = np.searchsorted(rows, win)
+        xe, xf = x_eeg[rows], x_fmri[rows]  # fancy indexing: copies
         if kind == "eeg":
-            xe[win, :, pos] = base[win, :, pos]
+            xe[local, :, pos] = base[win, :, pos]
         else:
-            xf[win, pos] = base[win, pos]
+            xf[local, pos] = base[win, pos]
         mu, lv = _windows_forward(model, *_context_inputs(data, kind, context, xe, xf), device,
                                   batch_size)
         for head in (h for h in heads if h != "cross"):
             with torch.no_grad():
                 m1, l1 = (t.double().cpu().numpy() for t in _decode(model, head, kind, mu, lv))
             m0, l0 = ref[head][0][win], ref[head][1][win]
-            smd, kl = st.predictive_change(m0, l0, m1[win], l1[win])
+            smd, kl = st.predictive_change(m0, l0, m1[local], l1[local])
             y = _targets(data, kind, head)
             dll = (np.full_like(smd, np.nan) if y is None else
-                   (st.gaussian_loglik(y[win], m1[win], l1[win])
+                   (st.gaussian_loglik(y[win], m1[local], l1[local])
                     - st.gaussian_loglik(y[win], m0, l0)).sum(axis=-1))
             for key, val in (("smd", smd), ("kl", kl), ("dll", dll)):
                 acc[head][key].append(val.mean(axis=0))
             if head == "cross_outputs":  # the whole prediction, calibrated variance
-                m1f, m0f, yf = (x.reshape(len(win), -1) for x in (m1[win], m0, y[win]))
+                m1f, m0f, yf = (x.reshape(len(win), -1) for x in (m1[local], m0, y[win]))
                 d2 = ((m1f - m0f) ** 2 / calib).sum(axis=1)
                 dll_all = (((yf - m0f) ** 2 - (yf - m1f) ** 2) / (2 * calib)).sum(axis=1)
                 for key, val in (("smd", np.sqrt(d2 / m0f.shape[1])), ("kl", 0.5 * d2),
