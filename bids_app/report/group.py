@@ -75,7 +75,7 @@ def _learning_curves(models: Any, writer: Any) -> tuple[list, list]:
 def readable_run(label: str) -> str:
     """``"01/01/checker/n/a"`` -> ``"sub-01 ses-01 task-checker"`` (run kept when set)."""
     names = ("sub", "ses", "task", "run")
-    parts = [f"{n}-{v}" for n, v in zip(names, label.split("/")) if v and v != "n/a"]
+    parts = [f"{n}-{v}" for n, v in zip(names, label.split("/", 3)) if v and v != "n/a"]
     return " ".join(parts)
 
 
@@ -103,6 +103,80 @@ def _baseline_rows(models: Any) -> tuple[list, list[str]]:
                               f"{', '.join(missing)}: not observed in enough training and "
                               "validation windows, so no claim is made for them.")
     return rows, not_beaten
+
+
+def feature_counts(annotations: Any) -> dict[str, int]:
+    """Annotated units per stimulus feature (``features`` holds ``"a+b"`` strings)."""
+    counts: dict[str, int] = {}
+    if annotations is None or not len(annotations):
+        return counts
+    for value in annotations["features"]:
+        for feature in str(value).split("+"):
+            counts[feature] = counts.get(feature, 0) + 1
+    return counts
+
+
+def _listed(counts: dict[str, int], top: int = 5) -> str:
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    text = ", ".join(f"{k} ({v})" for k, v in ranked[:top])
+    return text + (f" and {len(ranked) - top} more" if len(ranked) > top else "")
+
+
+def findings(models: Any, masking: Any, level: float) -> list[str]:
+    """Plain-language findings for the top of the report: what was annotated, where and
+    when, and whether each model beats its baselines on the held-out runs.
+
+    Parameters
+    ----------
+    models : ModelsResult | None
+        Group models (their ``metrics`` hold the baseline comparison).
+    masking : MaskingResult | None
+        Masking results (``annotations`` per unit kind).
+    level : float
+        FDR level of the annotations.
+
+    Returns
+    -------
+    list of str
+        One sentence per finding.
+    """
+    out: list[str] = []
+    if masking is not None:
+        eeg, vox = masking.annotations.get("eeg"), masking.annotations.get("fmri")
+        n_eeg = 0 if eeg is None else len(eeg)
+        n_vox = 0 if vox is None else len(vox)
+        if n_eeg == 0 and n_vox == 0:
+            out.append(f"No EEG timestamp and no voxel changed both VAEs at q < {level}, so "
+                       "masking annotated nothing. The masking summary lists every test "
+                       "beside the number expected under the null.")
+        if n_eeg:
+            spans = [f"{readable_run(run)} {g['time_s'].min():.1f}-{g['time_s'].max():.1f} s"
+                     for run, g in eeg.groupby("run")] if {"run", "time_s"} <= set(eeg) else []
+            where = f" in {len(spans)} run(s): {'; '.join(spans[:4])}" if spans else ""
+            out.append(f"{n_eeg} EEG timestamp(s) annotated{where}; stimulus features: "
+                       f"{_listed(feature_counts(eeg))}.")
+        if n_vox:
+            regions = ""
+            if "atlas_label" in vox:
+                labels = vox["atlas_label"].fillna("unlabelled").astype(str).value_counts()
+                regions = "; regions: " + _listed(labels.to_dict(), top=3)
+            out.append(f"{n_vox} voxel(s) annotated; stimulus features: "
+                       f"{_listed(feature_counts(vox))}{regions}.")
+    for name in ("vae1", "vae2"):
+        claims = (getattr(models, "metrics", None) or {}).get(name, {}).get(
+            "baseline_comparison", [])
+        if not claims:
+            continue
+        label = name.upper().replace("VAE", "VAE-")
+        won = [c["metric"] for c in claims if c["beats_all_baselines"]]
+        lost = [f"{c['metric']} (best baseline: {c['best_baseline']})"
+                for c in claims if not c["beats_all_baselines"]]
+        parts = [f"beats every baseline on {', '.join(won)}" if won else
+                 "beats no baseline on any held-out metric"]
+        if won and lost:
+            parts.append(f"not on {'; '.join(lost)}")
+        out.append(f"{label} on held-out runs: {', but '.join(parts)}.")
+    return out
 
 
 def _timelines(models: Any, masking: Any, writer: Any, max_runs: int = 6) -> list:
@@ -204,7 +278,7 @@ def write_group_report(models: Any, masking: Any, config: Any, writer: Any) -> P
     ctx: dict[str, Any] = {"n_windows": 0, "n_runs": 0, "models_rows": [], "curve_figures": [],
                            "counts": [], "annotated": [], "feature_rows": [],
                            "timeline_figures": [], "voxel_figures": [], "voxel_rows": [],
-                           "baseline_rows": [], "not_beaten": [],
+                           "baseline_rows": [], "not_beaten": [], "findings": [],
                            "voxel_columns": (), "level": config.masking.fdr_q,
                            "methods": METHODS}
     if models is None:
@@ -221,15 +295,9 @@ def write_group_report(models: Any, masking: Any, config: Any, writer: Any) -> P
                           round(v["expected_under_null"], 1))
                          for k, v in masking.summary.items() if k != "annotated"]
         ctx["annotated"] = sorted(masking.summary.get("annotated", {}).items())
-        feats: dict[str, list[int]] = {}
-        for col, kind in ((0, "eeg"), (1, "fmri")):
-            ann = masking.annotations.get(kind)
-            if ann is None or not len(ann):
-                continue
-            for value in ann["features"]:
-                for f in str(value).split("+"):
-                    feats.setdefault(f, [0, 0])[col] += 1
-        ctx["feature_rows"] = [(f, n[0], n[1]) for f, n in sorted(feats.items())]
+        eeg_n, vox_n = (feature_counts(masking.annotations.get(k)) for k in ("eeg", "fmri"))
+        ctx["feature_rows"] = [(f, eeg_n.get(f, 0), vox_n.get(f, 0))
+                               for f in sorted(set(eeg_n) | set(vox_n))]
         if models is not None:
             try:
                 ctx["timeline_figures"] = _timelines(models, masking, writer)
@@ -245,6 +313,7 @@ def write_group_report(models: Any, masking: Any, config: Any, writer: Any) -> P
             ctx["voxel_rows"] = [tuple(float(f"{r[c]:.3g}") if c.startswith("q") else r[c]
                                        for c in ctx["voxel_columns"])
                                  for _, r in top.iterrows()]
+    ctx["findings"] = findings(models, masking, config.masking.fdr_q)
     html = render("group.html", failures=failures, **ctx)
     path = Path(writer.output_dir) / "group.html"
     writer.write_bytes(path, html.encode())

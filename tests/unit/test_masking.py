@@ -342,6 +342,8 @@ def test_workflow_writes_loadable_outputs(planted, tmp_path):
 
     html = write_group_report(models, result, config, writer).read_text()
     assert "Masking summary" in html and "timeline" in html and "<svg" not in html
+    found = html[html.index('id="findings"'):].split("</section>")[0]
+    assert "<li>" in found and "EEG timestamp(s) annotated in 1 run(s)" in found
     assert (tmp_path / "group" / "figures" / "voxel_effect.svg").exists()
     assert "did not run" in write_group_report(None, None, config, writer).read_text()
 

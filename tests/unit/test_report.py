@@ -169,3 +169,33 @@ def test_stat_map_mosaic_puts_a_blob_where_it_is():
     # the thresholded row differs from the template only where the blob is; "b" shows none
     assert np.abs(shown[0] - shown[1]).max() > 0.3 and (np.abs(shown[0] - shown[1]) > 0.05
                                                          ).mean() < 0.02
+
+
+def test_group_findings_say_what_was_annotated_where_and_when():
+    from bids_app.report.group import feature_counts, findings, readable_run
+
+    eeg = pd.DataFrame({"unit": [3, 4, 9], "features": ["luminance", "luminance+motion",
+                                                        "motion"],
+                        "run": ["01/01/tp/01", "01/01/tp/01", "02/01/tp/02"],
+                        "time_s": [12.0, 12.04, 40.5]})
+    vox = pd.DataFrame({"voxel": [7, 8], "features": ["luminance", "luminance"],
+                        "atlas_label": ["Visual (occipital)", "Visual (occipital)"]})
+    masking = SimpleNamespace(annotations={"eeg": eeg, "fmri": vox})
+    claims = [{"metric": "EEG explained variance", "beats_all_baselines": True,
+               "best_baseline": "per-modality PCA"},
+              {"metric": "fMRI from EEG", "beats_all_baselines": False,
+               "best_baseline": "band-power ridge"}]
+    models = SimpleNamespace(metrics={"vae1": {"baseline_comparison": claims}})
+    assert feature_counts(eeg) == {"luminance": 2, "motion": 2}
+    assert readable_run("01/01/checker/n/a") == "sub-01 ses-01 task-checker"
+    lines = findings(models, masking, 0.05)
+    assert lines[0] == ("3 EEG timestamp(s) annotated in 2 run(s): sub-01 ses-01 task-tp "
+                        "run-01 12.0-12.0 s; sub-02 ses-01 task-tp run-02 40.5-40.5 s; "
+                        "stimulus features: luminance (2), motion (2).")
+    assert lines[1] == ("2 voxel(s) annotated; stimulus features: luminance (2); regions: "
+                        "Visual (occipital) (2).")
+    assert lines[2] == ("VAE-1 on held-out runs: beats every baseline on EEG explained "
+                        "variance, but not on fMRI from EEG (best baseline: band-power "
+                        "ridge).")
+    empty = SimpleNamespace(annotations={"eeg": eeg.iloc[:0], "fmri": vox.iloc[:0]})
+    assert findings(None, empty, 0.05)[0].startswith("No EEG timestamp and no voxel")
