@@ -12,20 +12,11 @@ cd "$(dirname "$0")/.."
 say() { printf 'make image-sif: %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
 
-VERSION=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' bids_app/__init__.py)
-IMAGE=${IMAGE:-eegfmri/eegfmri:$VERSION}
+# shellcheck source=image_engine.sh
+source scripts/image_engine.sh
 SIF_DIR=$(realpath -m "${SIF_DIR:-build}")
 ARCHIVE="$SIF_DIR/eegfmri-$VERSION.docker.tar"
 SIF="$SIF_DIR/eegfmri-$VERSION.sif"
-
-if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
-    ENGINE=docker
-elif command -v podman >/dev/null 2>&1; then
-    ENGINE=podman
-else
-    die "neither a Docker daemon nor podman is available."
-fi
-"$ENGINE" image inspect "$IMAGE" >/dev/null 2>&1 || die "image $IMAGE not found; run make image."
 
 mkdir -p "$SIF_DIR"
 rm -f "$ARCHIVE"

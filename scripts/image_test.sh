@@ -22,18 +22,9 @@ cd "$(dirname "$SCRIPT")/.."
 say() { printf 'make image-test: %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
 
-VERSION=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' bids_app/__init__.py)
-IMAGE=${IMAGE:-eegfmri/eegfmri:$VERSION}
+# shellcheck source=image_engine.sh
+source scripts/image_engine.sh
 OUT=$(realpath -m "${IMAGE_TEST_OUT:-build/image-test}")
-
-if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
-    ENGINE=docker
-elif command -v podman >/dev/null 2>&1; then
-    ENGINE=podman
-else
-    die "neither a Docker daemon nor podman is available."
-fi
-"$ENGINE" image inspect "$IMAGE" >/dev/null 2>&1 || die "image $IMAGE not found; run make image."
 
 config() { "$ENGINE" image inspect --format "$1" "$IMAGE"; }
 mapfile -t ENTRYPOINT < <(config '{{range .Config.Entrypoint}}{{println .}}{{end}}' | sed '/^$/d')
