@@ -40,7 +40,7 @@ RESIDENT_CHUNK = 512
 
 
 def host_batch(arrays: Mapping[str, np.ndarray], idx: np.ndarray, keys: Sequence[str],
-               device: torch.device, *, pin: bool = False) -> dict[str, torch.Tensor]:
+               device: torch.device) -> dict[str, torch.Tensor]:
     """Read windows ``idx`` from host arrays as float32 tensors on ``device``.
 
     Parameters
@@ -53,8 +53,6 @@ def host_batch(arrays: Mapping[str, np.ndarray], idx: np.ndarray, keys: Sequence
         Arrays to read.
     device : torch.device
         Target device.
-    pin : bool
-        Stage the batch in pinned memory before a non-blocking copy (CUDA only).
 
     Returns
     -------
@@ -62,13 +60,8 @@ def host_batch(arrays: Mapping[str, np.ndarray], idx: np.ndarray, keys: Sequence
         One float32 tensor per key, windows in sorted index order.
     """
     order = np.sort(idx)
-    out = {}
-    for k in keys:
-        host = torch.from_numpy(np.ascontiguousarray(arrays[k][order], dtype=np.float32))
-        if pin:
-            host = host.pin_memory()
-        out[k] = host.to(device, non_blocking=True)
-    return out
+    return {k: torch.from_numpy(np.ascontiguousarray(arrays[k][order], dtype=np.float32))
+            .to(device, non_blocking=True) for k in keys}
 
 
 def resident_bytes(arrays: Mapping[str, np.ndarray], keys: Sequence[str]) -> int:
@@ -188,8 +181,7 @@ class WindowFeed:
                 for b in slices:
                     if stop.is_set():
                         return
-                    host = {k: torch.from_numpy(np.ascontiguousarray(
-                        self.arrays[k][np.sort(b)], dtype=np.float32)) for k in self.keys}
+                    host = host_batch(self.arrays, b, self.keys, torch.device("cpu"))
                     if pin:
                         host = {k: t.pin_memory() for k, t in host.items()}
                     ready.put((len(b), host))
