@@ -1,0 +1,323 @@
+"""Masking work cells: a fixed plan of cells that any process computes and any merge joins.
+
+The occlusion passes of :func:`~bids_app.masking.occlusion.occlusion_effects` are split
+into *cells*: one unit kind (EEG timestamps or voxels), one model (VAE-1 or VAE-2), one
+phase (``screen``: the whole-prediction, latent and stimulus heads of every unit;
+``outputs``: VAE-1's per-output test of the tested units) and one block of
+``block_units`` consecutive units of that phase's unit list. The plan depends on the
+data, the models and the settings only, never on how many processes share the work.
+
+Invariants:
+
+* every cell draws its random numbers (permutation null, bootstrap) from its own
+  generator, seeded by ``--random-seed`` and the cell (:meth:`Cell.rng`), and its
+  statistics depend on its own units only, so a cell gives the same bytes in any
+  process, alone or after other cells;
+* the statistics of a phase are the cells' statistics joined in plan order
+  (:func:`join_cells`), in one process or after a merge of shard parts, so outputs are
+  byte-identical whatever the number of shards;
+* shard ``K`` of ``N`` owns the cells whose :meth:`Cell.index` is ``K - 1`` modulo ``N``.
+
+A part (the cells one shard computed) is stored by :func:`write_part` as an ``.npz``
+beside a JSON manifest holding the fingerprint of the run (settings, model weights,
+masked windows), the cell ids and the checksum of the ``.npz``; :func:`read_parts`
+keeps only the parts whose manifest matches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bids_app.io.atomic import atomic_path
+
+logger = logging.getLogger(__name__)
+
+PHASES = ("screen", "outputs")
+KINDS = ("eeg", "fmri")
+MODELS = ("vae1", "vae2")
+PART_FORMAT = 1
+_SPEC = re.compile(r"(\d+)/(\d+)")
+
+#: ``(units, n_windows, stats)`` of a pass over some units: unit ids, the windows each
+#: was masked in, and per head a dict of statistic arrays (``(U, G)``; ``null``:
+#: ``(n_null, U, G)``), as returned by :func:`~bids_app.masking.passes.run_pass`.
+CellStats = tuple[np.ndarray, np.ndarray, dict[str, dict[str, np.ndarray]]]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One work cell: a block of units of one unit kind, model and phase."""
+
+    kind: str
+    model: str
+    phase: str
+    block: int
+
+    @property
+    def id(self) -> str:
+        """Name of the cell in shard parts, e.g. ``eeg-vae1-screen-00003``."""
+        return f"{self.kind}-{self.model}-{self.phase}-{self.block:05d}"
+
+    @property
+    def group(self) -> int:
+        """Position of the cell's (kind, model, phase) in the plan (0-7)."""
+        return (KINDS.index(self.kind) * len(MODELS) + MODELS.index(self.model)
+                ) * len(PHASES) + PHASES.index(self.phase)
+
+    def index(self) -> int:
+        """Index used to deal cells to shards (groups start on different shards)."""
+        return self.group + self.block
+
+    def rng(self, seed: int) -> np.random.Generator:
+        """The cell's own random generator, from the run's seed and the cell."""
+        return np.random.default_rng(np.random.SeedSequence(
+            [int(seed) & (2**63 - 1), self.group, self.block]))
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """Shard ``k`` (1-based) of ``n``."""
+
+    k: int
+    n: int
+
+    def owns(self, cell: Cell) -> bool:
+        """Whether this shard computes ``cell``."""
+        return cell.index() % self.n == self.k - 1
+
+    @property
+    def name(self) -> str:
+        """File stem of the shard's part, e.g. ``shard-2-of-4``."""
+        return f"shard-{self.k}-of-{self.n}"
+
+    def __str__(self) -> str:
+        return f"{self.k}/{self.n}"
+
+
+def parse_shard(text: str) -> ShardSpec:
+    """Parse ``"K/N"`` (``1 <= K <= N``).
+
+    Raises
+    ------
+    ValueError
+        One sentence naming the value and the expected form.
+    """
+    match = _SPEC.fullmatch(str(text).strip())
+    if match is None:
+        raise ValueError(f"masking shard {text!r} must be K/N with whole numbers, e.g. 1/4.")
+    k, n = int(match.group(1)), int(match.group(2))
+    if n < 1 or not 1 <= k <= n:
+        raise ValueError(f"masking shard {text!r} must be K/N with 1 <= K <= N, e.g. 1/4.")
+    return ShardSpec(k, n)
+
+
+def join_cells(parts: list[CellStats], heads: tuple[str, ...]) -> CellStats:
+    """Statistics of consecutive cells joined in plan order (at least one cell)."""
+    units = np.concatenate([p[0] for p in parts])
+    n_windows = np.concatenate([p[1] for p in parts])
+    stats = {h: {k: np.concatenate([p[2][h][k] for p in parts], axis=1 if k == "null" else 0)
+                 for k in parts[0][2][h]} for h in heads}
+    return units, n_windows, stats
+
+
+class CellRunner:
+    """Runs the cells of the masking passes: computes, reuses stored cells, records.
+
+    Parameters
+    ----------
+    seed : int
+        The run's random seed.
+    block_units : int
+        Units per cell.
+    shard : ShardSpec | None
+        Compute only this shard's cells (plus, where a later phase needs them, the
+        missing cells of others); None: every cell.
+    stored : dict of str to CellStats | None
+        Cells already computed (merged shard parts), by cell id.
+    """
+
+    def __init__(self, seed: int, block_units: int, shard: ShardSpec | None = None,
+                 stored: dict[str, CellStats] | None = None) -> None:
+        if block_units < 1:
+            raise ValueError(f"block_units must be positive, got {block_units}.")
+        self.seed, self.block_units, self.shard = seed, block_units, shard
+        self.stored = dict(stored or {})
+        self.computed: dict[str, CellStats] = {}  # this shard's own cells
+        self.reused = 0
+
+    def run(self, pass_fn: Callable[..., Any], ctx: Any, heads: tuple[str, ...],
+            units: np.ndarray, *, kind: str, model: str, phase: str, need_all: bool = True
+            ) -> tuple[np.ndarray, np.ndarray, dict] | None:
+        """Run one phase cell by cell; ``(units, starts, stats)`` like ``run_pass``.
+
+        Parameters
+        ----------
+        pass_fn : callable
+            ``pass_fn(ctx, heads, units) -> (units, starts, stats)``.
+        ctx : PassContext
+            The pass context; each cell runs with its own ``rng``.
+        heads : tuple of str
+            Heads of the phase.
+        units : numpy.ndarray
+            Sorted ids of every unit of the phase.
+        kind, model, phase : str
+            Which cells.
+        need_all : bool
+            In a shard, also compute the other shards' cells that no stored part holds
+            (a later phase needs the whole phase); otherwise leave them out.
+
+        Returns
+        -------
+        tuple | None
+            Joined ``(units, starts, stats)``; None when a shard left cells out.
+        """
+        parts: list[CellStats] = []
+        complete = True
+        for block, first in enumerate(range(0, len(units), self.block_units)):
+            cell = Cell(kind, model, phase, block)
+            block_ids = units[first : first + self.block_units]
+            mine = self.shard is None or self.shard.owns(cell)
+            saved = self.stored.get(cell.id)
+            if saved is not None and np.array_equal(saved[0], block_ids):
+                self.reused += 1
+                if mine and self.shard is not None:
+                    self.computed[cell.id] = saved
+                parts.append(saved)
+                continue
+            if saved is not None:
+                logger.warning("masking: stored cell %s holds other units; recomputed.",
+                               cell.id)
+            if not (mine or need_all):
+                complete = False
+                continue
+            out_units, starts, stats = pass_fn(dataclasses.replace(ctx, rng=cell.rng(self.seed)),
+                                               heads, block_ids)
+            result = (out_units, np.diff(starts), stats)
+            if mine and self.shard is not None:
+                self.computed[cell.id] = result
+            parts.append(result)
+        if not complete:
+            return None
+        if not parts:  # no unit: the pass's own empty result
+            return pass_fn(ctx, heads, units[:0])
+        out_units, n_windows, stats = join_cells(parts, heads)
+        return out_units, np.append(0, np.cumsum(n_windows)).astype(np.int64), stats
+
+
+# ------------------------------------------------------------------ shard parts on disk
+def fingerprint(config_key: dict, models: dict[str, Any], index: np.ndarray) -> dict:
+    """What a part must match to be merged: settings, model weights, masked windows.
+
+    Parameters
+    ----------
+    config_key : dict
+        The settings that change results (:func:`~bids_app.workflows.checkpoint.config_key`).
+    models : dict of str to torch.nn.Module | None
+        The trained models by name.
+    index : numpy.ndarray
+        The masked windows.
+    """
+    def model_sum(model: Any) -> str | None:
+        if model is None:
+            return None
+        digest = hashlib.sha256()
+        for name, tensor in sorted(model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()
+
+    config_text = json.dumps(config_key, sort_keys=True, default=str).encode()
+    return {"format": PART_FORMAT, "config": hashlib.sha256(config_text).hexdigest(),
+            "models": {name: model_sum(m) for name, m in sorted(models.items())},
+            "windows": hashlib.sha256(np.asarray(index, np.int64).tobytes()).hexdigest()}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_part(folder: Path, shard: ShardSpec, cells: dict[str, CellStats],
+               key: dict) -> Path:
+    """Write a shard's cells atomically: ``folder/shard-K-of-N.npz`` then its ``.json``.
+
+    The manifest is written last, so a part without one (a killed job) is ignored.
+
+    Returns
+    -------
+    Path
+        The manifest.
+    """
+    arrays: dict[str, np.ndarray] = {}
+    heads: dict[str, list[str]] = {}
+    for cid, (units, n_windows, stats) in cells.items():
+        arrays[f"{cid}|units"], arrays[f"{cid}|n_windows"] = units, n_windows
+        heads[cid] = sorted(stats)
+        for head, values in stats.items():
+            for name, array in values.items():
+                arrays[f"{cid}|{head}|{name}"] = np.asarray(array)
+    folder.mkdir(parents=True, exist_ok=True)
+    data = folder / f"{shard.name}.npz"
+    with atomic_path(data) as tmp:
+        np.savez(tmp, **arrays)
+    manifest = {**key, "shard": str(shard), "cells": sorted(cells), "heads": heads,
+                "npz": data.name, "sha256": _sha256(data)}
+    path = folder / f"{shard.name}.json"
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    logger.info("masking shard %s: %d cell(s) written to %s", shard, len(cells), data)
+    return path
+
+
+def read_parts(folder: Path, key: dict) -> dict[str, CellStats]:
+    """Cells of every complete part in ``folder`` whose manifest matches ``key``.
+
+    A part made with other settings, models or windows, or whose data do not match its
+    checksum, is skipped with a warning (its cells are then computed again).
+    """
+    cells: dict[str, CellStats] = {}
+    if not folder.is_dir():
+        return cells
+    for path in sorted(folder.glob("shard-*-of-*.json")):
+        try:
+            manifest = json.loads(path.read_text())
+            data = folder / manifest["npz"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            logger.warning("masking: shard part %s cannot be read (%s); its cells are "
+                           "computed again.", path, type(err).__name__)
+            continue
+        differs = [k for k in key if manifest.get(k) != key[k]]
+        if differs:
+            logger.warning("masking: shard part %s was made with other %s; its cells are "
+                           "computed again.", path, " and ".join(differs))
+            continue
+        if not data.is_file() or _sha256(data) != manifest.get("sha256"):
+            logger.warning("masking: shard part %s does not match its checksum; its cells "
+                           "are computed again.", data)
+            continue
+        wanted = [c for c in manifest["cells"] if c not in cells]
+        stats: dict[str, dict[str, dict[str, np.ndarray]]] = {
+            c: {head: {} for head in manifest["heads"][c]} for c in wanted}
+        with np.load(data, allow_pickle=False) as npz:
+            for name in npz.files:
+                parts = name.split("|")
+                if parts[0] in stats and len(parts) == 3:
+                    stats[parts[0]][parts[1]][parts[2]] = npz[name]
+            for cid in wanted:
+                cells[cid] = (npz[f"{cid}|units"], npz[f"{cid}|n_windows"], stats[cid])
+        logger.info("masking: reusing %d cell(s) of shard part %s", len(manifest["cells"]),
+                    path.name)
+    return cells
