@@ -134,7 +134,12 @@ def run_group_level(config: Any, *, stages: dict[str, Any] = STAGES,
                 "group-models", key)
             return models if found else None
 
-        return shards.run_shard_level(config, subjects, load_models)
+        def train() -> None:  # a torchrun rank joins training unless rank 0 resumes
+            func = load_stage("models", stages, {})
+            if func is not None and load_models() is None:
+                func(output_dir, config, DerivativesWriter(output_dir, config))
+
+        return shards.run_shard_level(config, subjects, load_models, train)
     writer = DerivativesWriter(output_dir, config)
     ignore_work_dir(writer, config)
     result = LevelResult()

@@ -105,12 +105,16 @@ def run_masking_shard(models: Any, config: Any, shard: ShardSpec) -> Path:
 class RankGroup:
     """This process's place under torchrun; barriers through :mod:`torch.distributed`.
 
+    The barriers run in their own gloo group with a long timeout (a rank may wait hours
+    for the models or for the slowest shard), beside the default group that training
+    joins (gloo on CPU, nccl on CUDA; created here with gloo when training did not run).
+
     Parameters
     ----------
     rank, world_size : int
         ``RANK`` and ``WORLD_SIZE`` set by torchrun.
     device : str
-        ``execution.device``; with CUDA, each rank uses GPU ``LOCAL_RANK`` and nccl.
+        ``execution.device``; with CUDA, each rank masks on GPU ``LOCAL_RANK``.
     """
 
     def __init__(self, rank: int, world_size: int, device: str) -> None:
@@ -118,31 +122,27 @@ class RankGroup:
 
         self.rank, self.world_size = rank, world_size
         self.shard = ShardSpec(rank + 1, world_size)
-        cuda = device in ("auto", "cuda") and torch.cuda.is_available()
-        self.local_rank = int(os.environ.get("LOCAL_RANK", rank))
-        if cuda:
-            torch.cuda.set_device(self.local_rank)
-        self.backend = "nccl" if cuda else "gloo"
-        self._dist = None
+        if device in ("auto", "cuda") and torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)))
+        self._group: Any = None
 
     def barrier(self) -> None:
-        """Wait for every rank (the process group is created at the first barrier)."""
+        """Wait for every rank (the barrier group is created at the first call)."""
         import torch.distributed as dist
 
-        if self._dist is None:
+        if self._group is None:
             if not dist.is_initialized():
-                dist.init_process_group(self.backend, timeout=BARRIER_TIMEOUT)
-            self._dist = dist
-        if self.backend == "nccl":
-            self._dist.barrier(device_ids=[self.local_rank])
-        else:
-            self._dist.barrier()
+                dist.init_process_group("gloo", timeout=BARRIER_TIMEOUT)
+            self._group = dist.new_group(backend="gloo", timeout=BARRIER_TIMEOUT)
+        dist.barrier(group=self._group)
 
     def close(self) -> None:
         """Leave the process group."""
-        if self._dist is not None and self._dist.is_initialized():
-            self._dist.destroy_process_group()
-        self._dist = None
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        self._group = None
 
 
 def rank_group(config: Any) -> RankGroup | None:
@@ -177,7 +177,8 @@ def shard_of(config: Any) -> ShardSpec | None:
     return group.shard if group is not None and group.rank != 0 else None
 
 
-def run_shard_level(config: Any, subjects: list[str], load_models: Any) -> Any:
+def run_shard_level(config: Any, subjects: list[str], load_models: Any,
+                    train: Any = None) -> Any:
     """A shard of the group level: wait for the models, compute the cells, write the part.
 
     Parameters
@@ -188,6 +189,9 @@ def run_shard_level(config: Any, subjects: list[str], load_models: Any) -> Any:
         Subjects of the group level.
     load_models : callable
         ``load_models() -> ModelsResult | None``: the models stage's checkpoint.
+    train : callable | None
+        Under torchrun: ``train()`` joins rank 0's distributed training of the models
+        (when it has no checkpoint to resume from either).
 
     Returns
     -------
@@ -203,9 +207,11 @@ def run_shard_level(config: Any, subjects: list[str], load_models: Any) -> Any:
 
     group = rank_group(config)
     shard = group.shard if group is not None else parse_shard(config.execution.masking_shard)
-    if group is not None:
-        group.barrier()  # rank 0 has trained (or resumed) the models
     try:
+        if group is not None:
+            if train is not None:
+                train()
+            group.barrier()  # rank 0 has written the models and their checkpoint
         models = load_models()
         if models is None:
             raise InputError(

@@ -10,6 +10,7 @@ unchanged.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import numpy as np
@@ -59,7 +60,12 @@ def _train(model, eeg, fmri, stim, steps: int = 150):
 
 
 def models(output_dir, config, writer):
-    """Windows of a held-out planted run and VAE-1/VAE-2 trained on another run."""
+    """Windows of a held-out planted run and VAE-1/VAE-2 trained on another run.
+
+    Like the real models stage under torchrun, ranks other than 0 return None.
+    """
+    if int(os.environ.get("RANK", "0")) != 0:
+        return None
     from bids_app.models.vae import MultimodalVAE, StimulusVAE
     from bids_app.models.windows import WindowSet
     from bids_app.workflows.models_result import ModelsResult
