@@ -18,10 +18,9 @@ Invariants:
   byte-identical whatever the number of shards;
 * shard ``K`` of ``N`` owns the cells whose :meth:`Cell.index` is ``K - 1`` modulo ``N``.
 
-A part (the cells one shard computed) is stored by :func:`write_part` as an ``.npz``
-beside a JSON manifest holding the fingerprint of the run (settings, model weights,
-masked windows), the cell ids and the checksum of the ``.npz``; :func:`read_parts`
-keeps only the parts whose manifest matches.
+A part (the cells one shard computed) is stored by :mod:`bids_app.io.masking_parts` with
+the :func:`fingerprint` of the run (settings, model weights, masked windows); only parts
+with a matching fingerprint are merged.
 """
 
 from __future__ import annotations
@@ -33,12 +32,9 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from bids_app.io.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -214,7 +210,7 @@ class CellRunner:
         return out_units, np.append(0, np.cumsum(n_windows)).astype(np.int64), stats
 
 
-# ------------------------------------------------------------------ shard parts on disk
+# ------------------------------------------------------------------ what a part must match
 def fingerprint(config_key: dict, models: dict[str, Any], index: np.ndarray) -> dict:
     """What a part must match to be merged: settings, model weights, masked windows.
 
@@ -240,84 +236,3 @@ def fingerprint(config_key: dict, models: dict[str, Any], index: np.ndarray) -> 
     return {"format": PART_FORMAT, "config": hashlib.sha256(config_text).hexdigest(),
             "models": {name: model_sum(m) for name, m in sorted(models.items())},
             "windows": hashlib.sha256(np.asarray(index, np.int64).tobytes()).hexdigest()}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def write_part(folder: Path, shard: ShardSpec, cells: dict[str, CellStats],
-               key: dict) -> Path:
-    """Write a shard's cells atomically: ``folder/shard-K-of-N.npz`` then its ``.json``.
-
-    The manifest is written last, so a part without one (a killed job) is ignored.
-
-    Returns
-    -------
-    Path
-        The manifest.
-    """
-    arrays: dict[str, np.ndarray] = {}
-    heads: dict[str, list[str]] = {}
-    for cid, (units, n_windows, stats) in cells.items():
-        arrays[f"{cid}|units"], arrays[f"{cid}|n_windows"] = units, n_windows
-        heads[cid] = sorted(stats)
-        for head, values in stats.items():
-            for name, array in values.items():
-                arrays[f"{cid}|{head}|{name}"] = np.asarray(array)
-    folder.mkdir(parents=True, exist_ok=True)
-    data = folder / f"{shard.name}.npz"
-    with atomic_path(data) as tmp:
-        np.savez(tmp, **arrays)
-    manifest = {**key, "shard": str(shard), "cells": sorted(cells), "heads": heads,
-                "npz": data.name, "sha256": _sha256(data)}
-    path = folder / f"{shard.name}.json"
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    logger.info("masking shard %s: %d cell(s) written to %s", shard, len(cells), data)
-    return path
-
-
-def read_parts(folder: Path, key: dict) -> dict[str, CellStats]:
-    """Cells of every complete part in ``folder`` whose manifest matches ``key``.
-
-    A part made with other settings, models or windows, or whose data do not match its
-    checksum, is skipped with a warning (its cells are then computed again).
-    """
-    cells: dict[str, CellStats] = {}
-    if not folder.is_dir():
-        return cells
-    for path in sorted(folder.glob("shard-*-of-*.json")):
-        try:
-            manifest = json.loads(path.read_text())
-            data = folder / manifest["npz"]
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            logger.warning("masking: shard part %s cannot be read (%s); its cells are "
-                           "computed again.", path, type(err).__name__)
-            continue
-        differs = [k for k in key if manifest.get(k) != key[k]]
-        if differs:
-            logger.warning("masking: shard part %s was made with other %s; its cells are "
-                           "computed again.", path, " and ".join(differs))
-            continue
-        if not data.is_file() or _sha256(data) != manifest.get("sha256"):
-            logger.warning("masking: shard part %s does not match its checksum; its cells "
-                           "are computed again.", data)
-            continue
-        wanted = [c for c in manifest["cells"] if c not in cells]
-        stats: dict[str, dict[str, dict[str, np.ndarray]]] = {
-            c: {head: {} for head in manifest["heads"][c]} for c in wanted}
-        with np.load(data, allow_pickle=False) as npz:
-            for name in npz.files:
-                parts = name.split("|")
-                if parts[0] in stats and len(parts) == 3:
-                    stats[parts[0]][parts[1]][parts[2]] = npz[name]
-            for cid in wanted:
-                cells[cid] = (npz[f"{cid}|units"], npz[f"{cid}|n_windows"], stats[cid])
-        logger.info("masking: reusing %d cell(s) of shard part %s", len(manifest["cells"]),
-                    path.name)
-    return cells

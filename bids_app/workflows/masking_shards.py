@@ -26,14 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from bids_app.errors import InputError
-from bids_app.masking.shards import (
-    CellRunner,
-    ShardSpec,
-    fingerprint,
-    parse_shard,
-    read_parts,
-    write_part,
-)
+from bids_app.io.masking_parts import read_parts, write_part
+from bids_app.masking.shards import CellRunner, ShardSpec, fingerprint, parse_shard
 from bids_app.workflows.masking import MaskingResult, _select_windows, run_masking_workflow
 
 logger = logging.getLogger(__name__)

@@ -6,15 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from bids_app.io.masking_parts import read_parts, write_part
 from bids_app.masking import occlusion_effects
-from bids_app.masking.shards import (
-    Cell,
-    CellRunner,
-    ShardSpec,
-    parse_shard,
-    read_parts,
-    write_part,
-)
+from bids_app.masking.shards import Cell, CellRunner, ShardSpec, parse_shard
 from bids_app.models.vae import MultimodalVAE, StimulusVAE
 
 FIELDS = ("units", "n_windows", "smd", "kl", "dll", "p", "z", "q", "ci_low", "ci_high")
