@@ -126,6 +126,39 @@ def join_cells(parts: list[CellStats], heads: tuple[str, ...]) -> CellStats:
     return units, n_windows, stats
 
 
+class _OccurrenceTable:
+    """Occurrences of the blocks of one phase, equal to ``ctx.occurrences_of(block)``.
+
+    EEG timestamps are sliced from one table of the phase's units, built at the first
+    block (each call sorts every timestamp occurrence of the data again); voxels occur
+    in every window, so each block's table is built directly (a table of every voxel
+    would hold voxels x windows rows).
+    """
+
+    def __init__(self, ctx: Any, kind: str, units: np.ndarray) -> None:
+        self.ctx, self.units, self.sliced = ctx, units, kind == "eeg"
+        self.full: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    def block(self, first: int, count: int) -> Callable[[np.ndarray], Any]:
+        """``occurrences_of`` for the units ``units[first:first + count]``."""
+        if not self.sliced:
+            return self.ctx.occurrences_of
+        if self.full is None:
+            self.full = self.ctx.occurrences_of(self.units)
+            if not np.array_equal(self.full[0], self.units):  # not every unit occurs
+                self.sliced = False
+                return self.ctx.occurrences_of
+        units, starts, occ = self.full
+        s0, s1 = int(starts[first]), int(starts[first + count])
+        table = (units[first : first + count], starts[first : first + count + 1] - s0,
+                 occ[s0:s1])
+
+        def occurrences_of(ids: np.ndarray):
+            return table if np.array_equal(ids, table[0]) else self.ctx.occurrences_of(ids)
+
+        return occurrences_of
+
+
 class CellRunner:
     """Runs the cells of the masking passes: computes, reuses stored cells, records.
 
@@ -179,6 +212,7 @@ class CellRunner:
         """
         parts: list[CellStats] = []
         complete = True
+        table = _OccurrenceTable(ctx, kind, units)
         for block, first in enumerate(range(0, len(units), self.block_units)):
             cell = Cell(kind, model, phase, block)
             block_ids = units[first : first + self.block_units]
@@ -196,8 +230,9 @@ class CellRunner:
             if not (mine or need_all):
                 complete = False
                 continue
-            out_units, starts, stats = pass_fn(dataclasses.replace(ctx, rng=cell.rng(self.seed)),
-                                               heads, block_ids)
+            cell_ctx = dataclasses.replace(ctx, rng=cell.rng(self.seed),
+                                           occurrences_of=table.block(first, len(block_ids)))
+            out_units, starts, stats = pass_fn(cell_ctx, heads, block_ids)
             result = (out_units, np.diff(starts), stats)
             if mine and self.shard is not None:
                 self.computed[cell.id] = result

@@ -70,3 +70,18 @@ def test_cell_seeds_and_dealing():
     for bad in ("3/2", "0/2", "1/0", "-1/2", "1/2/3", "a/b", ""):
         with pytest.raises(ValueError, match="must be K/N"):
             parse_shard(bad)
+
+
+@pytest.mark.parametrize("kind", ["eeg", "fmri"])
+def test_cells_compute_what_one_pass_computes(problem, kind):
+    """Without random numbers (Gaussian p, no bootstrap), cells = the one-pass path."""
+    test, (vae1, _) = problem
+    kw = dict(kind=kind, n_boot=0, seed=3, cross_outputs="significant", batch_size=64)
+    one = occlusion_effects(vae1, test, **kw)
+    cells = occlusion_effects(vae1, test, cells=CellRunner(3, 7), **kw)
+    assert [e.head for e in one] == [e.head for e in cells] == ["cross", "latent",
+                                                                "cross_outputs"]
+    for a, b in zip(one, cells):
+        assert np.array_equal(a.units, b.units) and np.array_equal(a.n_windows, b.n_windows)
+        for f in ("smd", "kl", "dll", "p", "q"):
+            np.testing.assert_allclose(getattr(b, f), getattr(a, f), rtol=1e-6, atol=1e-12)
