@@ -166,7 +166,10 @@ def shard_of(config: Any) -> ShardSpec | None:
     ``--masking-shard K/N``, or a torchrun rank other than 0.
     """
     if config.execution.masking_shard:
-        return parse_shard(config.execution.masking_shard)
+        try:
+            return parse_shard(config.execution.masking_shard)
+        except ValueError as err:  # set in a --config-file rather than on the command line
+            raise InputError(f"Setting [execution] {err}") from None
     group = rank_group(config)
     return group.shard if group is not None and group.rank != 0 else None
 
@@ -200,13 +203,16 @@ def run_shard_level(config: Any, subjects: list[str], load_models: Any,
     from bids_app.workflows.stages import LevelResult
 
     group = rank_group(config)
-    shard = group.shard if group is not None else parse_shard(config.execution.masking_shard)
+    shard = group.shard if group is not None else shard_of(config)
     try:
         if group is not None:
             if train is not None:
                 train()
             group.barrier()  # rank 0 has written the models and their checkpoint
         models = load_models()
+        if models is None and group is not None:
+            raise InputError(f"Rank 0 left no trained models in {shard_folder(config).parent}"
+                             "; see its log for why training failed.")
         if models is None:
             raise InputError(
                 f"Work directory {shard_folder(config).parent} has no trained models for "

@@ -177,3 +177,15 @@ def test_two_gloo_ranks_equal_one_process(single, layout):
     assert parts == ["shard-1-of-2.json", "shard-2-of-2.json"]
     assert "merged" in logs[0] and "computed again" not in logs[0]
     assert _outputs(out) == single
+
+
+def test_bad_shard_in_config_file_exits_2_and_writes_nothing(stages, layout, tmp_path, capsys):
+    bids, settings, output = layout
+    out = output("badconfig")
+    config = tmp_path / "shard.toml"
+    config.write_text(settings.read_text() + '\n[execution]\nmasking_shard = "3/2"\n')
+    assert main(_args(bids, out, config)) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == ("eegfmri: error: Setting [execution] masking shard '3/2' must be K/N "
+                   "with 1 <= K <= N, e.g. 1/4.")
+    assert [p.name for p in out.iterdir()] == ["sub-01"]
