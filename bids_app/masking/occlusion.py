@@ -178,6 +178,16 @@ def _targets(data: MaskingData, kind: str, head: str) -> np.ndarray | None:
     return np.asarray(data.x_eeg, dtype=np.float64).transpose(0, 2, 1)
 
 
+def _unit_ids(data: MaskingData, kind: str, units: np.ndarray | None, ctx: PassContext
+              ) -> np.ndarray:
+    """Sorted ids of the units to mask, as :func:`occurrences` gives them; voxels (present
+    in every window) without building the occurrence table of every voxel x window."""
+    if kind == "fmri":
+        ids = np.arange(data.x_fmri.shape[1])
+        return ids if units is None else ids[np.isin(ids, np.asarray(units))]
+    return ctx.occurrences_of(units)[0]
+
+
 def _deltas(data: MaskingData, kind: str, base: np.ndarray, win, pos) -> np.ndarray:
     if kind == "eeg":
         return base[win, :, pos] - np.asarray(data.x_eeg[win, :, pos], dtype=np.float32)
@@ -346,12 +356,15 @@ def occlusion_effects(
     ctx = _context(model, data, kind, baseline=baseline, measure=measure, pvalue=pvalue,
                    n_null=n_null, n_boot=n_boot, batch_size=batch_size, context=context,
                    device=device, rng=rng, heads=all_heads)
-    if cells is not None:
-        units = ctx.occurrences_of(units)[0]
-    if cross_outputs == "auto" and "cross" in heads:
-        n_units = len(ctx.occurrences_of(units)[0]) if cells is None else len(units)
+    def resolve(mode: str, n_units: int) -> str:  # "auto" -> "all" or "significant"
+        if mode != "auto" or "cross" not in heads:
+            return mode
         size = n_units * int(np.prod(ctx.ref["cross_outputs"][0].shape[1:]))
-        cross_outputs = "all" if size <= AUTO_MAX_ELEMENTS else "significant"
+        return "all" if size <= AUTO_MAX_ELEMENTS else "significant"
+
+    if cells is not None:  # the cells need the unit list (and the mode) first
+        units = _unit_ids(data, kind, units, ctx)
+        cross_outputs = resolve(cross_outputs, len(units))
 
     def phase(phase_heads, phase_units, phase_name, need_all=True):
         if cells is None:
@@ -364,6 +377,7 @@ def occlusion_effects(
         return []
     units, starts, stats = screened
     results = [_effects(ctx, h, units, starts, stats[h], output_names) for h in heads]
+    cross_outputs = resolve(cross_outputs, len(units))
     if "cross" in heads and cross_outputs != "none":
         screen = results[0]
         selected = screen.q[:, 0] < alpha
