@@ -42,7 +42,7 @@ def planted_windows(n_windows: int, rng: np.random.Generator):
             _zscore(fmri, 0).astype(np.float32), _zscore(y, 0).astype(np.float32))
 
 
-def _train(model, eeg, fmri, stim, steps: int = 150):
+def _train(model, eeg, fmri, stim, steps: int = 100):
     torch.manual_seed(0)
     opt = torch.optim.Adam(model.parameters(), lr=5e-3)
     batch = {"eeg": torch.as_tensor(eeg), "fmri": torch.as_tensor(fmri),

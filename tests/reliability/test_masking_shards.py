@@ -108,6 +108,8 @@ def test_cli_shards_then_merge_equal_one_process(single, stages, layout):
     manifests = [json.loads((parts / f"shard-{k}-of-2.json").read_text()) for k in (1, 2)]
     assert all(m["cells"] for m in manifests)
     assert not set(manifests[0]["cells"]) & set(manifests[1]["cells"])
+    cells = manifests[0]["cells"] + manifests[1]["cells"]
+    assert any("-outputs-" in c for c in cells)  # units selected for per-output tests
     assert not any("vaemask" in name for name in _outputs(out))  # shards write no output
     assert main(_args(bids, out, settings)) == 0
     log = _last_log(out)
