@@ -172,7 +172,8 @@ class CellRunner:
         Compute only this shard's cells (plus, where a later phase needs them, the
         missing cells of others); None: every cell.
     stored : dict of str to CellStats | None
-        Cells already computed (merged shard parts), by cell id.
+        Cells already computed (merged shard parts), by cell id; each is removed from
+        the dict when used, so its arrays are freed once joined.
     """
 
     def __init__(self, seed: int, block_units: int, shard: ShardSpec | None = None,
@@ -180,7 +181,7 @@ class CellRunner:
         if block_units < 1:
             raise ValueError(f"block_units must be positive, got {block_units}.")
         self.seed, self.block_units, self.shard = seed, block_units, shard
-        self.stored = dict(stored or {})
+        self.stored = stored if stored is not None else {}  # emptied as cells are used
         self.computed: dict[str, CellStats] = {}  # this shard's own cells
         self.reused = 0
 
@@ -217,7 +218,7 @@ class CellRunner:
             cell = Cell(kind, model, phase, block)
             block_ids = units[first : first + self.block_units]
             mine = self.shard is None or self.shard.owns(cell)
-            saved = self.stored.get(cell.id)
+            saved = self.stored.pop(cell.id, None)  # used once: freed with the join
             if saved is not None and np.array_equal(saved[0], block_ids):
                 self.reused += 1
                 if mine and self.shard is not None:

@@ -68,11 +68,10 @@ def run_masking_stage(models: Any, config: Any, writer: Any) -> MaskingResult | 
     MaskingResult | None
         As :func:`~bids_app.workflows.masking.run_masking_workflow`.
     """
-    stored = read_parts(shard_folder(config), part_key(models, config))
     cells = CellRunner(config.execution.random_seed, config.masking.cell_units,
-                       stored=stored)
+                       stored=read_parts(shard_folder(config), part_key(models, config)))
     result = run_masking_workflow(models, config, writer, cells)
-    if stored:
+    if cells.reused:
         logger.info("masking: merged %d stored cell(s) of shard parts; computed the others "
                     "here.", cells.reused)
     return result
