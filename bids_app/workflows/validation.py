@@ -312,7 +312,7 @@ def validate_participant(outcomes: list[Any], bids_dir: Path | str | None,
         entities = outcome.entities
         sub_dir = folder / f"sub-{entities['sub']}"
         stem = run_stem(entities)
-        label = stem.split("_", 1)[1] if "_" in stem else stem
+        label = " ".join(stem.split("_")[1:]) or stem
         npz = sub_dir / f"{stem}_truth.npz"
         if not npz.is_file():
             continue

@@ -1,0 +1,112 @@
+"""Plain-language coupling findings that open the participant report.
+
+For each run and band: how many voxels couple with the EEG at q < level (global or
+source-resolved test), in which clusters (face-connected voxels of the fMRI grid), where
+(nearest atlas region of each cluster's peak, :func:`bids_app.masking.atlas.atlas_labels`)
+and how strongly (peak z, signed: negative for BOLD falling with EEG power, as occipital
+alpha does). The findings link the run's source-resolved z maps. Computes nothing the
+coupling stage did not: it reads the stage's z and q arrays.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+
+def band_clusters(res: Any, grid: Any, q: float, top: int = 3) -> tuple[int, list[dict]]:
+    """Clusters of the voxels of one band significant in the global or local test.
+
+    Parameters
+    ----------
+    res : bids_app.coupling.BandCoupling
+        One band's coupling (``z``, ``q``, ``local_z``, ``local_q`` in mask order).
+    grid : bids_app.eeg.forward.SourceGrid
+        The fMRI grid (``voxel_ijk``, ``mask_img``).
+    q : float
+        FDR level.
+    top : int
+        Largest clusters returned.
+
+    Returns
+    -------
+    n_voxels : int
+        Significant voxels of the band.
+    clusters : list of dict
+        ``size``, ``peak_z`` (signed), ``map`` (``global``/``source-resolved``),
+        ``peak_mm`` (MNI) and ``region`` of the ``top`` largest clusters.
+    """
+    from bids_app.masking.atlas import atlas_labels
+
+    z, local_z = np.asarray(res.z, float), np.asarray(res.local_z, float)
+    glob, local = np.asarray(res.q) < q, np.asarray(res.local_q) < q
+    found = glob | local
+    if not found.any():
+        return 0, []
+    ijk = grid.voxel_ijk
+    volume = np.zeros(grid.mask_img.shape[:3], bool)
+    volume[tuple(ijk[found].T)] = True
+    labels, _ = ndimage.label(volume)
+    of_voxel = labels[tuple(ijk.T)]
+    strength = np.where(local, np.abs(local_z), 0.0)
+    strength = np.maximum(strength, np.where(glob, np.abs(z), 0.0))
+    sizes = np.bincount(of_voxel[found])
+    order = [c for c in np.argsort(-sizes, kind="stable") if c > 0 and sizes[c] > 0][:top]
+    mm = grid.voxel_mm
+    clusters = []
+    for c in order:
+        members = np.flatnonzero(of_voxel == c)
+        peak = members[int(np.argmax(strength[members]))]
+        is_local = bool(local[peak] and abs(local_z[peak]) >= (abs(z[peak]) if glob[peak]
+                                                                else 0.0))
+        clusters.append({"size": int(sizes[c]), "peak_z": float(local_z[peak] if is_local
+                                                                  else z[peak]),
+                         "map": "source-resolved" if is_local else "global",
+                         "peak_mm": mm[peak], "region": str(atlas_labels(mm[peak][None])[0][0])})
+    return int(found.sum()), clusters
+
+
+def _cluster_text(cluster: dict) -> str:
+    where = ("unlabelled region" if cluster["region"] == "n/a"
+             else f"near {cluster['region']}")
+    x, y, z = (f"{v:.0f}" for v in cluster["peak_mm"])
+    return (f"{cluster['size']} voxels {where} (peak z {cluster['peak_z']:+.1f}, "
+            f"{cluster['map']}, at {x}, {y}, {z} mm)")
+
+
+def coupling_findings(runs: list[tuple[str, Any]], q: float) -> list[str]:
+    """One sentence per run and coupled band, or per run without coupling.
+
+    Parameters
+    ----------
+    runs : list of (str, CouplingResult | None)
+        Run label and its coupling result (None when the stage did not finish).
+    q : float
+        FDR level.
+
+    Returns
+    -------
+    list of str
+    """
+    out = []
+    for label, coupling in runs:
+        if coupling is None:
+            out.append(f"{label}: coupling was not computed (see the failures below).")
+            continue
+        grid = coupling.source_maps.grid
+        said = False
+        for band, res in coupling.bands.items():
+            n, clusters = band_clusters(res, grid, q)
+            if not n:
+                continue
+            said = True
+            listed = "; ".join(_cluster_text(c) for c in clusters)
+            out.append(f"{label}, {band} band power: {n} voxels couple with the BOLD at "
+                       f"q < {q:g} (global or source-resolved test); largest clusters: "
+                       f"{listed}.")
+        if not said:
+            out.append(f"{label}: no band's EEG power couples with the BOLD at q < {q:g} in "
+                       "any voxel (global or source-resolved test).")
+    return out
