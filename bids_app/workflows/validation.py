@@ -15,8 +15,8 @@ Per run, each check has the pass mark that docs/methods.md claims:
 - pulse (BCG): RMS of the heartbeat-locked average (0-0.8 s after the true R-peaks) of
   that error, relative to the planted BCG's: < 0.05;
 - localisation: distance of the source-map peak of each planted dipole's band from the
-  dipole: <= 20 mm (when two dipoles share a band, the peak of the correlation with the
-  dipole's planted power replaces the peak of the mean power);
+  dipole: <= 20 mm (when two dipoles share a band, the peak of the covariance of the map's
+  power with the dipole's planted power replaces the peak of the mean power);
 - coupling: recall of each planted source's voxels at q < level in the global or
   source-resolved map of its band: >= 0.8; false positives outside every planted region:
   <= 0.1 % of the voxels of each band.
@@ -210,9 +210,8 @@ def localisation_checks(source_maps: Any, dipoles: list[dict], truth: dict | Non
             ok = np.isfinite(planted) if planted is not None else None
             if ok is not None and ok.sum() > 2 and np.std(planted[ok]) > 0:
                 x = np.asarray(power, float)[ok]
-                x = (x - x.mean(0)) / np.maximum(x.std(0), 1e-300)
                 y = (planted[ok] - planted[ok].mean()) / planted[ok].std()
-                score = (x * y[:, None]).mean(axis=0)
+                score = ((x - x.mean(0)) * y[:, None]).mean(axis=0)  # power following it
         peak = rr[int(np.argmax(score))]
         error = float(np.linalg.norm(peak - np.asarray(dip["position_mm"], float)))
         rows.append(make_check("localisation error", f"{label}: {dip['name']} "
