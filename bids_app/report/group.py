@@ -325,7 +325,8 @@ def write_group_report(models: Any, masking: Any, config: Any, writer: Any, *,
     # one figure each beside the findings: annotated voxels, the first run's timeline
     ctx["findings_figures"] = [dict(f, anchor="findings-" + f["anchor"]) for f in
                                [f for f in ctx["voxel_figures"]
-                                if f["anchor"] == "voxel_effect_annotated"]
+                                if f["anchor"] == "voxel_effect_annotated"
+                                and ctx["annotated"] and dict(ctx["annotated"]).get("fmri")]
                                + ctx["timeline_figures"][:1]]
     html = render("group.html", failures=failures, validation=validation,
                   validation_rows=validation_rows(validation),

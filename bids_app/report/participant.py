@@ -326,11 +326,11 @@ def write_participant_report(subject: str, outcomes: list[Any], config: Any,
     Path
         The HTML file.
     """
-    from bids_app.report.participant_findings import coupling_findings
+    from bids_app.report.participant_findings import run_findings
 
     subject = subject[4:] if subject.startswith("sub-") else subject
     root = Path(writer.output_dir)
-    runs, summary, failures, coupled, maps = [], [], [], [], []
+    runs, summary, failures, findings, maps = [], [], [], [], []
     for i, outcome in enumerate(outcomes):
         entities = getattr(outcome, "entities", None) or getattr(outcome.run, "entities", {})
         label = _run_label(entities)
@@ -346,13 +346,14 @@ def write_participant_report(subject: str, outcomes: list[Any], config: Any,
         if outcome.coupling is not None:
             parts.append(_coupling_part(outcome.coupling, writer, subject, prefix,
                                         config.coupling.fdr_q))
+        if outcome.eeg is not None or outcome.fmri is not None:
+            sentences, coupled = run_findings(label, outcome.coupling, config.coupling.fdr_q)
+            findings += sentences
             local = {k: v for k, v in (getattr(outcome.coupling, "figures", None) or {}
-                                       ).items() if "localzmaps" in str(k)}
+                                       ).items() if coupled and "localzmaps" in str(k)}
             maps += [dict(f, anchor="findings-" + f["anchor"], caption=f"{label}: "
                           "source-resolved z maps") for f in
                      figure_entries(local, writer, subject, prefix)]
-        if outcome.eeg is not None or outcome.fmri is not None:
-            coupled.append((label, outcome.coupling))
         runs.append({"id": f"run{i + 1}", "label": label, "parts": parts,
                      "failures": run_failures, "failed": bool(run_failures)})
         failed = {f["stage"] for f in run_failures}
@@ -366,7 +367,7 @@ def write_participant_report(subject: str, outcomes: list[Any], config: Any,
     methods, references = methods_text(config)
     html = render("participant.html", subject=subject, runs=runs, summary=summary,
                   failures=failures, methods=methods, references=references,
-                  findings=coupling_findings(coupled, config.coupling.fdr_q),
+                  findings=findings,
                   findings_figures=maps, validation=validation,
                   validation_rows=validation_rows(validation),
                   validation_note=validation_note)

@@ -76,37 +76,35 @@ def _cluster_text(cluster: dict) -> str:
             f"{cluster['map']}, at {x}, {y}, {z} mm)")
 
 
-def coupling_findings(runs: list[tuple[str, Any]], q: float) -> list[str]:
-    """One sentence per run and coupled band, or per run without coupling.
+def run_findings(label: str, coupling: Any, q: float) -> tuple[list[str], bool]:
+    """Sentences for one run: one per coupled band, or one saying nothing couples.
 
     Parameters
     ----------
-    runs : list of (str, CouplingResult | None)
-        Run label and its coupling result (None when the stage did not finish).
+    label : str
+        Run label.
+    coupling : CouplingResult | None
+        The run's coupling result (None when the stage did not finish).
     q : float
         FDR level.
 
     Returns
     -------
-    list of str
+    sentences : list of str
+    coupled : bool
+        True when some band couples in some voxel.
     """
+    if coupling is None:
+        return [f"{label}: coupling was not computed (see the failures below)."], False
     out = []
-    for label, coupling in runs:
-        if coupling is None:
-            out.append(f"{label}: coupling was not computed (see the failures below).")
-            continue
-        grid = coupling.source_maps.grid
-        said = False
-        for band, res in coupling.bands.items():
-            n, clusters = band_clusters(res, grid, q)
-            if not n:
-                continue
-            said = True
+    for band, res in coupling.bands.items():
+        n, clusters = band_clusters(res, coupling.source_maps.grid, q)
+        if n:
             listed = "; ".join(_cluster_text(c) for c in clusters)
             out.append(f"{label}, {band} band power: {n} voxels couple with the BOLD at "
                        f"q < {q:g} (global or source-resolved test); largest clusters: "
                        f"{listed}.")
-        if not said:
-            out.append(f"{label}: no band's EEG power couples with the BOLD at q < {q:g} in "
-                       "any voxel (global or source-resolved test).")
-    return out
+    if not out:
+        return [f"{label}: no band's EEG power couples with the BOLD at q < {q:g} in any "
+                "voxel (global or source-resolved test)."], False
+    return out, True
