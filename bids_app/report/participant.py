@@ -302,7 +302,7 @@ def validation_rows(checks: list[Any] | None) -> list[tuple]:
 
 def write_participant_report(subject: str, outcomes: list[Any], config: Any,
                              writer: Any, *, validation: list[Any] | None = None,
-                             validation_note: str = "") -> Path:
+                             validation_note: str = "", regions: Any = None) -> Path:
     """Write ``output_dir/sub-<subject>.html`` from the outcomes of every run.
 
     Parameters
@@ -320,6 +320,9 @@ def write_participant_report(subject: str, outcomes: list[Any], config: Any,
         Checks against the planted truth (simulated input only; None: no such section).
     validation_note : str
         Why validation rows are missing, when they are.
+    regions : callable | None
+        Names the regions of MNI coordinates in the findings (e.g.
+        :func:`bids_app.masking.atlas.atlas_labels`); None leaves them unnamed.
 
     Returns
     -------
@@ -347,7 +350,8 @@ def write_participant_report(subject: str, outcomes: list[Any], config: Any,
             parts.append(_coupling_part(outcome.coupling, writer, subject, prefix,
                                         config.coupling.fdr_q))
         if outcome.eeg is not None or outcome.fmri is not None:
-            sentences, coupled = run_findings(label, outcome.coupling, config.coupling.fdr_q)
+            sentences, coupled = run_findings(label, outcome.coupling, config.coupling.fdr_q,
+                                              regions)
             findings += sentences
             local = {k: v for k, v in (getattr(outcome.coupling, "figures", None) or {}
                                        ).items() if coupled and "localzmaps" in str(k)}

@@ -2,21 +2,27 @@
 
 For each run and band: how many voxels couple with the EEG at q < level (global or
 source-resolved test), in which clusters (face-connected voxels of the fMRI grid), where
-(nearest atlas region of each cluster's peak, :func:`bids_app.masking.atlas.atlas_labels`)
-and how strongly (peak z, signed: negative for BOLD falling with EEG power, as occipital
-alpha does). The findings link the run's source-resolved z maps. Computes nothing the
-coupling stage did not: it reads the stage's z and q arrays.
+(the region of each cluster's peak, named by the ``regions`` function the workflow
+passes, e.g. :func:`bids_app.masking.atlas.atlas_labels`) and how strongly (peak z,
+signed: negative for BOLD falling with EEG power, as occipital alpha does). The findings
+link the run's source-resolved z maps. Computes nothing the coupling stage did not: it
+reads the stage's z and q arrays.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
+#: Names the regions of ``(n, 3)`` MNI coordinates (labels first, as ``atlas_labels``).
+Regions = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
-def band_clusters(res: Any, grid: Any, q: float, top: int = 3) -> tuple[int, list[dict]]:
+
+def band_clusters(res: Any, grid: Any, q: float, top: int = 3,
+                  regions: Regions | None = None) -> tuple[int, list[dict]]:
     """Clusters of the voxels of one band significant in the global or local test.
 
     Parameters
@@ -29,6 +35,8 @@ def band_clusters(res: Any, grid: Any, q: float, top: int = 3) -> tuple[int, lis
         FDR level.
     top : int
         Largest clusters returned.
+    regions : callable | None
+        Region names of MNI coordinates; None names none (``"n/a"``).
 
     Returns
     -------
@@ -38,8 +46,6 @@ def band_clusters(res: Any, grid: Any, q: float, top: int = 3) -> tuple[int, lis
         ``size``, ``peak_z`` (signed), ``map`` (``global``/``source-resolved``),
         ``peak_mm`` (MNI) and ``region`` of the ``top`` largest clusters.
     """
-    from bids_app.masking.atlas import atlas_labels
-
     z, local_z = np.asarray(res.z, float), np.asarray(res.local_z, float)
     glob, local = np.asarray(res.q) < q, np.asarray(res.local_q) < q
     found = glob | local
@@ -64,7 +70,8 @@ def band_clusters(res: Any, grid: Any, q: float, top: int = 3) -> tuple[int, lis
         clusters.append({"size": int(sizes[c]), "peak_z": float(local_z[peak] if is_local
                                                                   else z[peak]),
                          "map": "source-resolved" if is_local else "global",
-                         "peak_mm": mm[peak], "region": str(atlas_labels(mm[peak][None])[0][0])})
+                         "peak_mm": mm[peak],
+                         "region": str(regions(mm[peak][None])[0][0]) if regions else "n/a"})
     return int(found.sum()), clusters
 
 
@@ -76,7 +83,8 @@ def _cluster_text(cluster: dict) -> str:
             f"{cluster['map']}, at {x}, {y}, {z} mm)")
 
 
-def run_findings(label: str, coupling: Any, q: float) -> tuple[list[str], bool]:
+def run_findings(label: str, coupling: Any, q: float, regions: Regions | None = None
+                 ) -> tuple[list[str], bool]:
     """Sentences for one run: one per coupled band, or one saying nothing couples.
 
     Parameters
@@ -87,6 +95,8 @@ def run_findings(label: str, coupling: Any, q: float) -> tuple[list[str], bool]:
         The run's coupling result (None when the stage did not finish).
     q : float
         FDR level.
+    regions : callable | None
+        See :func:`band_clusters`.
 
     Returns
     -------
@@ -98,7 +108,7 @@ def run_findings(label: str, coupling: Any, q: float) -> tuple[list[str], bool]:
         return [f"{label}: coupling was not computed (see the failures below)."], False
     out = []
     for band, res in coupling.bands.items():
-        n, clusters = band_clusters(res, coupling.source_maps.grid, q)
+        n, clusters = band_clusters(res, coupling.source_maps.grid, q, regions=regions)
         if n:
             listed = "; ".join(_cluster_text(c) for c in clusters)
             out.append(f"{label}, {band} band power: {n} voxels couple with the BOLD at "

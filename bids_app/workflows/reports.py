@@ -30,6 +30,9 @@ def write_participant_reports(subject: str, outcomes: list[Any], config: Any,
                               writer: Any) -> Path:
     """Participant report stage: validation (simulated input only), then ``sub-XX.html``.
 
+    The findings name the region of each coupled cluster's peak with the masking atlas
+    (:func:`bids_app.masking.atlas.atlas_labels`).
+
     Parameters
     ----------
     subject : str
@@ -46,6 +49,7 @@ def write_participant_reports(subject: str, outcomes: list[Any], config: Any,
     Path
         The HTML report.
     """
+    from bids_app.masking.atlas import atlas_labels
     from bids_app.report.participant import write_participant_report
     from bids_app.workflows.validation import truth_folder, validate_participant
 
@@ -54,7 +58,7 @@ def write_participant_reports(subject: str, outcomes: list[Any], config: Any,
     simulated = truth_folder(bids_dir) is not None
     return write_participant_report(subject, outcomes, config, writer,
                                     validation=rows if simulated else None,
-                                    validation_note=note)
+                                    validation_note=note, regions=atlas_labels)
 
 
 def write_group_reports(models: Any, masking: Any, config: Any, writer: Any) -> Path:
