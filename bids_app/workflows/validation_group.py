@@ -169,7 +169,9 @@ def score_annotations(annotations: pd.DataFrame, truth: PlantedTruth, *,
     pandas.DataFrame
         One row per link: ``feature``, ``source``, ``region`` (atlas label of the region's
         centre), ``eeg_units`` and ``voxels`` annotated with the feature at the link's
-        planted places, and ``found`` (at least :data:`UNITS_PER_LINK` unit).
+        planted places, ``found`` (at least :data:`UNITS_PER_LINK` unit) and
+        ``precision`` (share of the units annotated with the feature that lie at the
+        link's planted places; NaN when no unit names the feature).
     """
     from bids_app.masking.atlas import atlas_labels
 
@@ -188,11 +190,15 @@ def score_annotations(annotations: pd.DataFrame, truth: PlantedTruth, *,
                 centre = nib.affines.apply_affine(img.affine, ijk.mean(axis=0))
                 region = str(atlas_labels(centre[None], max_distance_mm=20.0)[0][0])
         n_eeg, n_vox = int((hit & (kind == "eeg")).sum()), int((hit & (kind == "fmri")).sum())
+        named = (annotations["features"].astype(str).str.split("+").apply(
+            lambda items, f=feature: f in items).to_numpy(bool) if len(annotations)
+                 else np.zeros(0, bool))
         rows.append({"feature": feature, "source": source, "region": region,
                      "eeg_units": n_eeg, "voxels": n_vox,
-                     "found": n_eeg + n_vox >= UNITS_PER_LINK})
+                     "found": n_eeg + n_vox >= UNITS_PER_LINK,
+                     "precision": (n_eeg + n_vox) / named.sum() if named.any() else np.nan})
     return pd.DataFrame(rows, columns=["feature", "source", "region", "eeg_units", "voxels",
-                                       "found"])
+                                       "found", "precision"])
 
 
 def annotation_precision(annotations: pd.DataFrame, truth: PlantedTruth, *,
@@ -266,7 +272,8 @@ def validate_group(models: Any, masking: Any, bids_dir: Path | str | None, *,
             for link in score_annotations(table, truth, tolerance_s=tolerance_s).itertuples():
                 rows.append(make_check(
                     "annotation recall", f"{link.feature} -> {link.source} ({link.region}): "
-                    f"{link.eeg_units} EEG timestamp(s), {link.voxels} voxel(s)",
+                    f"{link.eeg_units} EEG timestamp(s), {link.voxels} voxel(s); precision "
+                    f"of '{link.feature}' annotations {link.precision:.2f}",
                     link.eeg_units + link.voxels, ">=", UNITS_PER_LINK, "unit"))
             rows.append(make_check("annotation precision",
                                    f"{score['planted']} of {score['units']} annotated units "

@@ -158,6 +158,7 @@ def test_score_annotations_per_planted_link(tmp_path):
     links = vg.score_annotations(table, truth)
     assert links[["feature", "source", "eeg_units", "voxels", "found"]].values.tolist() == [
         ["luminance", "lum", 2, 1, True]]
+    assert links["precision"].tolist() == [pytest.approx(3 / 4)]  # 4 units name luminance
     score = vg.annotation_precision(table, truth)
     assert score == {"units": 5, "planted": 3, "precision": pytest.approx(0.6)}
     empty = vg.stack_annotations({"eeg": eeg.iloc[:0], "fmri": None})
