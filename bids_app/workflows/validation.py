@@ -100,9 +100,17 @@ def run_stem(entities: dict[str, str]) -> str:
 def _planted_eeg(truth: dict[str, np.ndarray], keys: tuple[str, ...], ch_names: list[str],
                  sfreq: float, l_freq: float, h_freq: float, n_times: int
                  ) -> dict[str, np.ndarray]:
-    """Planted EEG components on ``ch_names``: average reference, the cleaned rate, band."""
-    import mne
+    """Planted EEG components on ``ch_names``: average reference, the cleaned rate, band.
 
+    Polyphase resampling (8x faster than FFT resampling of the full 5 kHz recording); the
+    two differ only near the new Nyquist frequency, far above the band-pass.
+    """
+    from fractions import Fraction
+
+    import mne
+    from scipy import signal
+
+    ratio = Fraction(sfreq / float(truth["sfreq"])).limit_denominator(1000)
     rows = [list(truth["eeg_channels"]).index(c) for c in ch_names]
     all_rows = [list(truth["ch_names"]).index(c) for c in truth["eeg_channels"]]
     out = {}
@@ -110,8 +118,7 @@ def _planted_eeg(truth: dict[str, np.ndarray], keys: tuple[str, ...], ch_names: 
         data = truth[key].astype(np.float64)
         data = data[all_rows] if data.shape[0] != len(truth["eeg_channels"]) else data
         data = data - data.mean(axis=0, keepdims=True)
-        data = mne.filter.resample(data[rows], down=float(truth["sfreq"]) / sfreq,
-                                   verbose="error")
+        data = signal.resample_poly(data[rows], ratio.numerator, ratio.denominator, axis=1)
         data = mne.filter.filter_data(data, sfreq, l_freq, h_freq, verbose="error")
         out[key] = data[:, :n_times]
     return out
