@@ -268,3 +268,31 @@ def test_group_report_opens_with_findings_and_validation_in_chromium(tmp_path):
     assert "luminance -&gt; lum" in validation or "luminance -> lum" in validation
     assert "1 of 2 annotated units planted" in validation
     assert pixels.std() > 0.05  # not blank
+
+
+def test_band_clusters_size_peak_and_region():
+    """Two blobs of significant voxels: two clusters, largest first, signed peak z."""
+    from bids_app.report.participant_findings import band_clusters, run_findings
+
+    affine = np.diag([3.0, 3.0, 3.0, 1.0])
+    ijk = np.argwhere(np.ones((10, 10, 10), bool))
+    grid = SimpleNamespace(voxel_ijk=ijk, mask_img=nib.Nifti1Image(
+        np.ones((10, 10, 10), np.uint8), affine), voxel_mm=ijk * 3.0)
+    n = len(ijk)
+    big = np.all((ijk >= 1) & (ijk <= 3), axis=1)  # 27 voxels, global test
+    small = np.all((ijk >= 6) & (ijk <= 7), axis=1)  # 8 voxels, source-resolved test
+    z, local_z = np.zeros(n), np.zeros(n)
+    z[big], local_z[small] = 4.0, -5.0
+    z[np.flatnonzero(big)[5]] = 6.0
+    res = SimpleNamespace(z=z, q=np.where(big, 0.01, 1.0), local_z=local_z,
+                          local_q=np.where(small, 0.01, 1.0))
+    regions = lambda mm: (np.array(["Visual"] * len(mm)), np.zeros(len(mm)))  # noqa: E731
+    count, clusters = band_clusters(res, grid, 0.05, regions=regions)
+    assert count == 35 and [c["size"] for c in clusters] == [27, 8]
+    assert clusters[0]["peak_z"] == 6.0 and clusters[0]["map"] == "global"
+    assert clusters[1]["peak_z"] == -5.0 and clusters[1]["map"] == "source-resolved"
+    assert clusters[0]["region"] == "Visual"
+    coupling = SimpleNamespace(bands={"alpha": res}, source_maps=SimpleNamespace(grid=grid))
+    sentences, coupled = run_findings("task-tp", coupling, 0.05, regions)
+    assert coupled and sentences[0].startswith("task-tp, alpha band power: 35 voxels couple")
+    assert "27 voxels near Visual (peak z +6.0, global" in sentences[0]
