@@ -255,7 +255,9 @@ def _voxel_figures(masking: Any, config: Any, writer: Any) -> list:
     return figs
 
 
-def write_group_report(models: Any, masking: Any, config: Any, writer: Any) -> Path:
+def write_group_report(models: Any, masking: Any, config: Any, writer: Any, *,
+                       validation: list[Any] | None = None,
+                       validation_note: str = "") -> Path:
     """Write ``output_dir/group.html``.
 
     Parameters
@@ -268,12 +270,18 @@ def write_group_report(models: Any, masking: Any, config: Any, writer: Any) -> P
         Resolved configuration.
     writer : DerivativesWriter
         Output writer.
+    validation : list of Check | None
+        Checks against the planted truth (simulated input only; None: no such section).
+    validation_note : str
+        Why validation rows are missing, when they are.
 
     Returns
     -------
     Path
         The report.
     """
+    from bids_app.report.participant import validation_rows
+
     failures = []
     ctx: dict[str, Any] = {"n_windows": 0, "n_runs": 0, "models_rows": [], "curve_figures": [],
                            "counts": [], "annotated": [], "feature_rows": [],
@@ -314,7 +322,15 @@ def write_group_report(models: Any, masking: Any, config: Any, writer: Any) -> P
                                        for c in ctx["voxel_columns"])
                                  for _, r in top.iterrows()]
     ctx["findings"] = findings(models, masking, config.masking.fdr_q)
-    html = render("group.html", failures=failures, **ctx)
+    # one figure each beside the findings: annotated voxels, the first run's timeline
+    ctx["findings_figures"] = [dict(f, anchor="findings-" + f["anchor"]) for f in
+                               [f for f in ctx["voxel_figures"]
+                                if f["anchor"] == "voxel_effect_annotated"
+                                and ctx["annotated"] and dict(ctx["annotated"]).get("fmri")]
+                               + ctx["timeline_figures"][:1]]
+    html = render("group.html", failures=failures, validation=validation,
+                  validation_rows=validation_rows(validation),
+                  validation_note=validation_note, **ctx)
     path = Path(writer.output_dir) / "group.html"
     writer.write_bytes(path, html.encode())
     return path

@@ -294,8 +294,15 @@ def _failure_entry(label: str, failure: Any, root: Path) -> dict[str, Any]:
             "message": getattr(failure, "message", str(failure)), "crash": link}
 
 
+def validation_rows(checks: list[Any] | None) -> list[tuple]:
+    """Report rows ``(check, item, value, pass mark, result)`` of validation checks."""
+    return [(c.check, c.item, _fmt(c.value), c.mark, "pass" if c.passed else "FAIL")
+            for c in checks or []]
+
+
 def write_participant_report(subject: str, outcomes: list[Any], config: Any,
-                             writer: Any) -> Path:
+                             writer: Any, *, validation: list[Any] | None = None,
+                             validation_note: str = "", regions: Any = None) -> Path:
     """Write ``output_dir/sub-<subject>.html`` from the outcomes of every run.
 
     Parameters
@@ -309,15 +316,24 @@ def write_participant_report(subject: str, outcomes: list[Any], config: Any,
         Resolved configuration (methods paragraph).
     writer : DerivativesWriter
         Output writer.
+    validation : list of Check | None
+        Checks against the planted truth (simulated input only; None: no such section).
+    validation_note : str
+        Why validation rows are missing, when they are.
+    regions : callable | None
+        Names the regions of MNI coordinates in the findings (e.g.
+        :func:`bids_app.masking.atlas.atlas_labels`); None leaves them unnamed.
 
     Returns
     -------
     Path
         The HTML file.
     """
+    from bids_app.report.participant_findings import run_findings
+
     subject = subject[4:] if subject.startswith("sub-") else subject
     root = Path(writer.output_dir)
-    runs, summary, failures = [], [], []
+    runs, summary, failures, findings, maps = [], [], [], [], []
     for i, outcome in enumerate(outcomes):
         entities = getattr(outcome, "entities", None) or getattr(outcome.run, "entities", {})
         label = _run_label(entities)
@@ -333,6 +349,15 @@ def write_participant_report(subject: str, outcomes: list[Any], config: Any,
         if outcome.coupling is not None:
             parts.append(_coupling_part(outcome.coupling, writer, subject, prefix,
                                         config.coupling.fdr_q))
+        if outcome.eeg is not None or outcome.fmri is not None:
+            sentences, coupled = run_findings(label, outcome.coupling, config.coupling.fdr_q,
+                                              regions)
+            findings += sentences
+            local = {k: v for k, v in (getattr(outcome.coupling, "figures", None) or {}
+                                       ).items() if coupled and "localzmaps" in str(k)}
+            maps += [dict(f, anchor="findings-" + f["anchor"], caption=f"{label}: "
+                          "source-resolved z maps") for f in
+                     figure_entries(local, writer, subject, prefix)]
         runs.append({"id": f"run{i + 1}", "label": label, "parts": parts,
                      "failures": run_failures, "failed": bool(run_failures)})
         failed = {f["stage"] for f in run_failures}
@@ -345,7 +370,11 @@ def write_participant_report(subject: str, outcomes: list[Any], config: Any,
                         "failed" if run_failures else "ok"))
     methods, references = methods_text(config)
     html = render("participant.html", subject=subject, runs=runs, summary=summary,
-                  failures=failures, methods=methods, references=references)
+                  failures=failures, methods=methods, references=references,
+                  findings=findings,
+                  findings_figures=maps, validation=validation,
+                  validation_rows=validation_rows(validation),
+                  validation_note=validation_note)
     path = root / f"sub-{subject}.html"
     writer.write_bytes(path, html.encode("utf-8"))
     logger.info("Wrote the report %s (%d runs, %d failures).", path, len(runs), len(failures))

@@ -67,13 +67,13 @@ def read_eeg(path: Path, config) -> mne.io.BaseRaw:
 def _fig_psd(before, after, sf_before, sf_after):
     from scipy import signal
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = plt.subplots(figsize=(6.5, 3.5), layout="constrained")
     for x, sf, label in ((before, sf_before, "raw"), (after, sf_after, "cleaned")):
         f, p = signal.welch(x, sf, nperseg=min(x.shape[-1], int(4 * sf)))
         keep = f <= 100
         ax.semilogy(f[keep], np.median(p[:, keep], axis=0), label=label)
     ax.set(xlabel="Frequency (Hz)", ylabel="PSD (V²/Hz), median over channels")
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)  # beside the data
     return fig
 
 
@@ -81,12 +81,12 @@ def _fig_epochs(before, after, sfreq, onsets_s, span_s, title):
     lags = np.arange(int(span_s * sfreq))
     ev = np.round(np.asarray(onsets_s) * sfreq).astype(int)
     ev = ev[(ev >= 0) & (ev + lags[-1] < before.shape[-1])]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = plt.subplots(figsize=(6.5, 3.5), layout="constrained")
     if ev.size:
         for x, label in ((before, "before"), (after, "after")):
             ax.plot(1e3 * lags / sfreq, 1e6 * x[ev[:, None] + lags].mean(axis=0), label=label)
     ax.set(xlabel="Time after event (ms)", ylabel="Mean epoch (µV)", title=title)
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)  # beside the data
     return fig
 
 

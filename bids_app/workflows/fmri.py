@@ -326,7 +326,7 @@ def plot_motion(confounds: pd.DataFrame, *, fd_threshold: float) -> Any:
     """Translations, rotations (degrees) and FD with the outlier threshold."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(8, 5.5))
+    fig = Figure(figsize=(8, 5.5), layout="constrained")
     axes = fig.subplots(3, 1, sharex=True)
     for name in ("trans_x", "trans_y", "trans_z"):
         if name in confounds:
@@ -340,7 +340,7 @@ def plot_motion(confounds: pd.DataFrame, *, fd_threshold: float) -> Any:
     for ax, unit in zip(axes, ("mm", "degrees", "FD (mm)")):
         ax.set_ylabel(unit)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(loc="upper right", fontsize=7, ncol=3)
+            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=7, frameon=False)
     axes[2].set_xlabel("volume")
     fig.suptitle("Head motion")
     return fig
@@ -363,7 +363,7 @@ def plot_carpet(bold: nib.Nifti1Image, mask: nib.Nifti1Image, template: Any,
     carpet = np.concatenate(rows) if rows else np.zeros((1, data.shape[3]))
     carpet = (carpet - carpet.mean(axis=1, keepdims=True)) / (
         carpet.std(axis=1, keepdims=True) + 1e-6)
-    fig = Figure(figsize=(8, 6))
+    fig = Figure(figsize=(8, 6), layout="constrained")
     ax_fd, ax = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [1, 4]})
     if "global_signal" in confounds:
         gs = confounds["global_signal"].to_numpy(float)
@@ -371,7 +371,7 @@ def plot_carpet(bold: nib.Nifti1Image, mask: nib.Nifti1Image, template: Any,
     if "std_dvars" in confounds:
         ax_fd.plot(confounds["std_dvars"].to_numpy(float), label="std DVARS")
     if ax_fd.get_legend_handles_labels()[0]:
-        ax_fd.legend(loc="upper right", fontsize=7)
+        ax_fd.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=7, frameon=False)
     ax.imshow(carpet, aspect="auto", cmap="gray", vmin=-2, vmax=2, interpolation="nearest")
     bounds = np.cumsum([len(r) for r in rows])[:-1]
     for b in bounds:

@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 STAGES: dict[str, tuple[str, str]] = {
     "models": ("bids_app.workflows.models", "run_models_workflow"),
     "masking": ("bids_app.workflows.masking_shards", "run_masking_stage"),
-    "group_report": ("bids_app.report.group", "write_group_report"),
+    "group_report": ("bids_app.workflows.reports", "write_group_reports"),
 }
 #: Name part of the files the masking stage writes back into the subjects' folders.
 GROUP_WRITEBACK = "_desc-vaemask_"

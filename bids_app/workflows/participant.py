@@ -43,7 +43,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "eeg": ("bids_app.workflows.eeg", "run_eeg_workflow"),
     "fmri": ("bids_app.workflows.fmri", "run_fmri_workflow"),
     "coupling": ("bids_app.workflows.coupling", "run_coupling_workflow"),
-    "report": ("bids_app.report.participant", "write_participant_report"),
+    "report": ("bids_app.workflows.reports", "write_participant_reports"),
 }
 
 

@@ -1,9 +1,19 @@
-"""``eegfmri demo`` end to end on the tiny simulator scale; the outputs must validate."""
+"""``eegfmri demo`` end to end on the tiny simulator scale; the outputs must validate.
+
+The demo runs once per module (:func:`demo`); the tests read its outputs. The truth test
+runs both levels a second time on a copy of the simulated dataset without
+``sourcedata/simulation`` and compares every derivative except the reports byte for byte.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import re
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -13,24 +23,102 @@ from bids_app.io.validate import validate_derivatives
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
+#: Fewer epochs and null samples: the tests check wiring, not model quality.
+FAST_CONFIG = "[model]\nepochs = 4\npatience = 2\n[masking]\nn_null = 20\n"
 
-def test_demo_tiny_end_to_end(tmp_path, capsys):
-    out = tmp_path / "demo"
-    fast = tmp_path / "fast.toml"  # fewer epochs and null samples: the test checks wiring
-    fast.write_text("[model]\nepochs = 4\npatience = 2\n[masking]\nn_null = 20\n")
-    code = main(["demo", str(out), "--scale", "tiny", "-q", "--config-file", str(fast)])
-    printed = capsys.readouterr()
-    assert "Traceback" not in printed.err
-    assert code == 0, printed.out + printed.err
-    assert "eegfmri demo finished" in printed.out
-    assert re.search(r"participant level: stages run: .*eeg", printed.out)
-    derivatives = out / "derivatives"
+
+def _run(args: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(args)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> SimpleNamespace:
+    """The tiny demo, run once: its folder, exit code, printed output and config file."""
+    root = tmp_path_factory.mktemp("demo")
+    fast = root / "fast.toml"
+    fast.write_text(FAST_CONFIG)
+    out = root / "demo"
+    code, printed, errors = _run(["demo", str(out), "--scale", "tiny", "-q",
+                                  "--config-file", str(fast)])
+    return SimpleNamespace(out=out, code=code, printed=printed, errors=errors, config=fast)
+
+
+def test_demo_tiny_end_to_end(demo):
+    assert "Traceback" not in demo.errors
+    assert demo.code == 0, demo.printed + demo.errors
+    assert "eegfmri demo finished" in demo.printed
+    assert re.search(r"participant level: stages run: .*eeg", demo.printed)
+    derivatives = demo.out / "derivatives"
     description = json.loads((derivatives / "dataset_description.json").read_text())
     assert description["DatasetType"] == "derivative"
     assert list(derivatives.glob("sub-*/**/*_desc-preproc_eeg.vhdr"))
     assert list(derivatives.glob("sub-*/**/*_desc-preproc_bold.nii.gz"))
     assert (derivatives / "sub-01.html").exists() and (derivatives / "group.html").exists()
-    assert "group level: stages run: group_report, masking, models" in printed.out
+    assert "group level: stages run: group_report, masking, models" in demo.printed
     assert leftover_temporaries(derivatives) == []
     result = validate_derivatives(derivatives)
     assert result.errors == [], "\n".join(result.summary())
+
+
+def _compared(root: Path, bids: Path) -> dict[str, bytes]:
+    """Every derivative file except the reports, their figures and the logs.
+
+    The input dataset's path (``DatasetLinks`` of dataset_description.json) is replaced by
+    a placeholder: the two runs read datasets in different folders by construction.
+    """
+    skip = ("logs/", "group/figures/")
+    files = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root).as_posix()
+        if (path.suffix == ".html" or rel.startswith(skip)
+                or re.match(r"sub-[^/]+/figures/", rel)):
+            continue
+        files[rel] = path.read_bytes().replace(bids.absolute().as_uri().encode(), b"<bids>")
+    return files
+
+
+def test_reports_validate_against_planted_truth(demo):
+    """Both reports open with findings and score the results against the planted truth."""
+    for name in ("sub-01.html", "group.html"):
+        html = (demo.out / "derivatives" / name).read_text()
+        assert html.index('id="findings"') < html.index('id="validation"'), name
+        section = html[html.index('id="validation"'):]
+        section = section[:section.index("</section>")]
+        assert re.search(r"\d+ of \d+ checks pass", section), name
+        assert section.count("<tr>") >= 3, name  # header and at least two checks
+    participant = (demo.out / "derivatives" / "sub-01.html").read_text()
+    for check in ("slice harmonics down vs truth", "beat-locked residual vs truth",
+                  "localisation error", "coupling recall", "coupling false-positive rate"):
+        assert check in participant, check
+    group = (demo.out / "derivatives" / "group.html").read_text()
+    for check in ("model skill minus best baseline", "annotation recall",
+                  "annotation precision"):
+        assert check in group, check
+
+
+def test_derivatives_do_not_depend_on_the_truth_folder(demo, tmp_path):
+    """Without ``sourcedata/simulation`` every derivative but the reports is identical."""
+    assert demo.code == 0
+    bids = tmp_path / "bids"
+    shutil.copytree(demo.out / "bids", bids,
+                    ignore=lambda folder, names: ["simulation"] if Path(folder).name ==
+                    "sourcedata" else [])
+    assert not (bids / "sourcedata" / "simulation").exists()
+    output = tmp_path / "derivatives"
+    for level in ("participant", "group"):  # the settings the demo ran with
+        code, printed, errors = _run([
+            str(bids), str(output), level, "-w", str(tmp_path / "work"),
+            "--skip-bids-validation", "--config-file", str(demo.config), "--random-seed",
+            "0", "--nprocs", "2", "--stimuli-dir", str(bids / "stimuli"), "-q"])
+        assert code == 0, printed + errors
+    with_truth = _compared(demo.out / "derivatives", demo.out / "bids")
+    without = _compared(output, bids)
+    assert sorted(with_truth) == sorted(without)
+    differ = [rel for rel in with_truth if with_truth[rel] != without[rel]]
+    assert differ == [], differ
+    assert len(with_truth) > 20
+    for name in ("sub-01.html", "group.html"):  # real data: no validation section
+        assert 'id="validation"' not in (output / name).read_text()

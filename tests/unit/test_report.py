@@ -88,13 +88,48 @@ def _outcomes(tmp_path: Path, writer: DerivativesWriter) -> list[RunOutcome]:
     return [ok, bad]
 
 
+def _planted_region(coupling) -> dict[str, nib.Nifti1Image]:
+    """The region of the 200 voxels the fixture's alpha map plants."""
+    grid = coupling.source_maps.grid
+    data = np.zeros(grid.mask_img.shape, np.uint8)
+    data[tuple(grid.voxel_ijk[:200].T)] = 1
+    return {"src": nib.Nifti1Image(data, grid.mask_img.affine)}
+
+
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
+    from bids_app.workflows.validation import coupling_checks
+
     tmp_path = tmp_path_factory.mktemp("report")
     config = Config()
     writer = DerivativesWriter(tmp_path / "out", config)
-    path = write_participant_report("sub-01", _outcomes(tmp_path, writer), config, writer)
+    outcomes = _outcomes(tmp_path, writer)
+    coupling = outcomes[0].coupling
+    checks = coupling_checks(coupling, _planted_region(coupling),
+                             [{"name": "src", "band": "alpha"}], 0.05, "task-tp run-01")
+    path = write_participant_report("sub-01", outcomes, config, writer, validation=checks)
     return path, writer
+
+
+def _render(path: Path, shot: Path) -> tuple[str, np.ndarray]:
+    """DOM and screenshot of a report in headless Chromium (skips when not installed)."""
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("Chromium not found (apt-get install -y chromium); cannot render report.")
+    common = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+              "--allow-file-access-from-files", "--virtual-time-budget=5000"]
+    dom = subprocess.run([*common, "--dump-dom", path.as_uri()], capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    subprocess.run([*common, f"--screenshot={shot}", "--window-size=1280,1600",
+                    path.as_uri()], capture_output=True, timeout=120, check=True)
+    return dom, mpimg.imread(shot)[..., :3]
+
+
+def _section(dom: str, anchor: str) -> str:
+    """Text of the ``<section id=anchor>`` of a rendered DOM, tags removed."""
+    match = re.search(rf'<section class="card" id="{anchor}">(.*?)</section>', dom, re.S)
+    assert match, anchor
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", match.group(1)))
 
 
 def test_report_content_and_links(report):
@@ -124,20 +159,19 @@ def test_methods_follow_config():
 
 
 def test_report_renders_in_headless_chromium(report, tmp_path):
-    browser = _chromium()
-    if browser is None:
-        pytest.skip("Chromium not found (apt-get install -y chromium); cannot render report.")
     path, _ = report
-    shot = tmp_path / "shot.png"
-    common = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-              "--allow-file-access-from-files", "--virtual-time-budget=5000"]
-    dom = subprocess.run([*common, "--dump-dom", path.as_uri()], capture_output=True,
-                         text=True, timeout=120, check=True).stdout
+    dom, pixels = _render(path, tmp_path / "shot.png")
     assert "Methods" in dom and dom.count("<img") == 4
     assert dom.count("onerror") == 4 and 'data-broken="1"' not in dom  # all images loaded
-    subprocess.run([*common, f"--screenshot={shot}", "--window-size=1280,1600",
-                    path.as_uri()], capture_output=True, timeout=120, check=True)
-    pixels = mpimg.imread(shot)[..., :3]
+    # findings first, then the validation against the planted truth, both filled
+    assert dom.index('id="findings"') < dom.index('id="validation"') < dom.index('id="summary"')
+    findings = _section(dom, "findings")
+    assert re.search(r"task-tp run-01, alpha band power: 2\d\d voxels couple with the BOLD",
+                     findings), findings
+    assert "task-checker: coupling was not computed" in findings
+    validation = _section(dom, "validation")
+    assert "2 of 2 checks pass" in validation, validation
+    assert "coupling recall" in validation and "coupling false-positive rate" in validation
     assert pixels.shape[0] >= 1000
     assert pixels.std() > 0.05  # not blank
     assert (np.abs(pixels - pixels.mean((0, 1))).sum(-1) > 0.3).mean() > 0.01
@@ -199,3 +233,66 @@ def test_group_findings_say_what_was_annotated_where_and_when():
                         "ridge).")
     empty = SimpleNamespace(annotations={"eeg": eeg.iloc[:0], "fmri": vox.iloc[:0]})
     assert findings(None, empty, 0.05)[0].startswith("No EEG timestamp and no voxel")
+
+
+def test_group_report_opens_with_findings_and_validation_in_chromium(tmp_path):
+    """group.html on masking results and a planted truth: findings, then validation."""
+    from bids_app.report.group import write_group_report
+    from bids_app.workflows.validation_group import validate_group
+
+    folder = tmp_path / "bids" / "sourcedata" / "simulation" / "sub-01"
+    folder.mkdir(parents=True)
+    (folder.parent / "simulation.json").write_text('{"null": false}')
+    pd.DataFrame({"onset_s": [12.0], "duration_s": [0.4], "feature": ["luminance"],
+                  "source": ["lum"]}).to_csv(folder / "sub-01_ses-01_task-tp_run-01_"
+                                             "dependencies.tsv", sep="\t", index=False)
+    eeg = pd.DataFrame({"unit": [3, 9], "features": ["luminance", "motion"],
+                        "run": ["01/01/tp/01", "01/01/tp/01"], "time_s": [12.1, 40.5],
+                        "q_vae1": [0.01, 0.02], "q_vae2": [0.01, 0.03]})
+    masking = SimpleNamespace(
+        annotations={"eeg": eeg, "fmri": None}, paths={},
+        summary={"eeg/vae2/stimulus": {"tests": 400, "significant": 2,
+                                       "nominal_p_below_level": 25,
+                                       "expected_under_null": 20.0},
+                 "annotated": {"eeg": 2, "fmri": 0}})
+    checks = validate_group(None, masking, tmp_path / "bids")
+    config = Config()
+    writer = DerivativesWriter(tmp_path / "out", config)
+    path = write_group_report(None, masking, config, writer, validation=checks)
+    dom, pixels = _render(path, tmp_path / "group.png")
+    assert dom.index('id="findings"') < dom.index('id="validation"') < dom.index('id="models"')
+    findings = _section(dom, "findings")
+    assert "2 EEG timestamp(s) annotated in 1 run(s): sub-01 ses-01 task-tp run-01" in findings
+    validation = _section(dom, "validation")
+    assert "1 of 2 checks pass" in validation, validation
+    assert "luminance -&gt; lum" in validation or "luminance -> lum" in validation
+    assert "1 of 2 annotated units planted" in validation
+    assert pixels.std() > 0.05  # not blank
+
+
+def test_band_clusters_size_peak_and_region():
+    """Two blobs of significant voxels: two clusters, largest first, signed peak z."""
+    from bids_app.report.participant_findings import band_clusters, run_findings
+
+    affine = np.diag([3.0, 3.0, 3.0, 1.0])
+    ijk = np.argwhere(np.ones((10, 10, 10), bool))
+    grid = SimpleNamespace(voxel_ijk=ijk, mask_img=nib.Nifti1Image(
+        np.ones((10, 10, 10), np.uint8), affine), voxel_mm=ijk * 3.0)
+    n = len(ijk)
+    big = np.all((ijk >= 1) & (ijk <= 3), axis=1)  # 27 voxels, global test
+    small = np.all((ijk >= 6) & (ijk <= 7), axis=1)  # 8 voxels, source-resolved test
+    z, local_z = np.zeros(n), np.zeros(n)
+    z[big], local_z[small] = 4.0, -5.0
+    z[np.flatnonzero(big)[5]] = 6.0
+    res = SimpleNamespace(z=z, q=np.where(big, 0.01, 1.0), local_z=local_z,
+                          local_q=np.where(small, 0.01, 1.0))
+    regions = lambda mm: (np.array(["Visual"] * len(mm)), np.zeros(len(mm)))  # noqa: E731
+    count, clusters = band_clusters(res, grid, 0.05, regions=regions)
+    assert count == 35 and [c["size"] for c in clusters] == [27, 8]
+    assert clusters[0]["peak_z"] == 6.0 and clusters[0]["map"] == "global"
+    assert clusters[1]["peak_z"] == -5.0 and clusters[1]["map"] == "source-resolved"
+    assert clusters[0]["region"] == "Visual"
+    coupling = SimpleNamespace(bands={"alpha": res}, source_maps=SimpleNamespace(grid=grid))
+    sentences, coupled = run_findings("task-tp", coupling, 0.05, regions)
+    assert coupled and sentences[0].startswith("task-tp, alpha band power: 35 voxels couple")
+    assert "27 voxels near Visual (peak z +6.0, global" in sentences[0]
