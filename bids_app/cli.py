@@ -92,6 +92,15 @@ def _filter_file(value: str) -> Path:
     return path
 
 
+def _masking_shard(value: str) -> str:
+    from bids_app.masking.shards import parse_shard
+
+    try:
+        return str(parse_shard(value))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def _add_verbosity(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="more messages (repeat for debug)")
@@ -140,6 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", choices=("auto", "cpu", "cuda"),
                    help="where the models train: a GPU when one is visible (auto), cpu or "
                    "cuda")
+    g.add_argument("--masking-shard", type=_masking_shard, metavar="K/N",
+                   help="group level: compute only shard K of N of the masking into the "
+                   "work dir (no output; a plain group run merges the shards); needs the "
+                   "models of a --models-only run with the same options")
+    g.add_argument("--models-only", action="store_true",
+                   help="group level: train the models and stop before the masking")
     g = parser.add_argument_group("Workflow configuration")
     g.add_argument("--fmri-backend", choices=("auto", "builtin", "fmriprep", "derivatives"),
                    help="fMRI preprocessing: auto (fMRIPrep derivatives when --fmriprep-dir "
@@ -240,6 +255,14 @@ def build_config(args: argparse.Namespace) -> Config:
         value = getattr(args, arg)
         if value is not None:
             execution[key] = tuple(value) if isinstance(value, list) else value
+    if (args.masking_shard or args.models_only) and args.analysis_level != "group":
+        raise InputError("Options --masking-shard and --models-only belong to the group "
+                         "level; run them as 'eegfmri BIDS_DIR OUTPUT_DIR group ...'.")
+    if args.masking_shard and args.models_only:
+        raise InputError("Options --masking-shard and --models-only exclude each other: "
+                         "train with --models-only first, then run the masking shards.")
+    execution["masking_shard"] = args.masking_shard
+    execution["models_only"] = args.models_only or None
     execution = {k: v for k, v in execution.items() if v is not None}
     if "work_dir" not in execution and config.execution.work_dir is None:
         execution["work_dir"] = args.output_dir.absolute() / "work"

@@ -52,6 +52,10 @@ class ExecutionConfig:
     stimuli_dir: Path | None = None
     stimulus_model: Path | None = None
     verbosity: int = 0
+    # group level: "K/N" computes masking shard K of N into the work dir ("": no shard);
+    # models_only trains the models and stops before masking
+    masking_shard: str = ""
+    models_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -219,6 +223,9 @@ class MaskingConfig:
     # unit while units x outputs <= 1e7, else "significant"), "significant" (the units it
     # selects: hierarchical FDR), "all" (every unit: slow and large at NATVIEW size), "none"
     cross_outputs: str = "auto"
+    # units per work cell of the masking passes; cells are what --masking-shard deals to
+    # processes, each with its own seed, so results do not depend on the number of shards
+    cell_units: int = 2048
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from bids_app.masking.data import (
 )
 from bids_app.masking.omnibus import OmnibusTables, affine_decoder, output_targets
 from bids_app.masking.passes import PassContext, run_pass, significance
+from bids_app.masking.shards import CellRunner
 from bids_app.masking.shift_null import CircularShiftNull
 
 logger = logging.getLogger(__name__)
@@ -177,6 +178,16 @@ def _targets(data: MaskingData, kind: str, head: str) -> np.ndarray | None:
     return np.asarray(data.x_eeg, dtype=np.float64).transpose(0, 2, 1)
 
 
+def _unit_ids(data: MaskingData, kind: str, units: np.ndarray | None, ctx: PassContext
+              ) -> np.ndarray:
+    """Sorted ids of the units to mask, as :func:`occurrences` gives them; voxels (present
+    in every window) without building the occurrence table of every voxel x window."""
+    if kind == "fmri":
+        ids = np.arange(data.x_fmri.shape[1])
+        return ids if units is None else ids[np.isin(ids, np.asarray(units))]
+    return ctx.occurrences_of(units)[0]
+
+
 def _deltas(data: MaskingData, kind: str, base: np.ndarray, win, pos) -> np.ndarray:
     if kind == "eeg":
         return base[win, :, pos] - np.asarray(data.x_eeg[win, :, pos], dtype=np.float32)
@@ -261,6 +272,7 @@ def occlusion_effects(
     output_names: dict[str, list[str]] | None = None,
     cross_outputs: str = "auto",
     alpha: float = 0.05,
+    cells: CellRunner | None = None,
 ) -> list[st.HeadEffects]:
     """Mask every unit of one modality and measure each head's change (fast, exact).
 
@@ -313,13 +325,18 @@ def occlusion_effects(
         is at most :data:`AUTO_MAX_ELEMENTS`, the selected ones above.
     alpha : float
         FDR level of the selection.
+    cells : CellRunner | None
+        Run the passes as the fixed work cells of :mod:`bids_app.masking.shards` (each
+        with its own seed from ``seed``; stored cells reused; in a shard, only its own
+        cells where nothing needs the rest). None: one pass per phase with one generator.
 
     Returns
     -------
     list of HeadEffects
         VAE-1: ``cross`` (one output: the whole prediction), ``latent`` and
         ``cross_outputs`` (the tested units only); VAE-2: ``stimulus``. p/q-values are NaN
-        for the latent head.
+        for the latent head. In a shard (``cells.shard``), the heads whose cells it left
+        out are missing (the part it computed is in ``cells.computed``).
     """
     if kind not in UNIT_KINDS:
         raise ValueError(f"kind must be one of {UNIT_KINDS}, got {kind!r}.")
@@ -339,16 +356,36 @@ def occlusion_effects(
     ctx = _context(model, data, kind, baseline=baseline, measure=measure, pvalue=pvalue,
                    n_null=n_null, n_boot=n_boot, batch_size=batch_size, context=context,
                    device=device, rng=rng, heads=all_heads)
-    units, starts, stats = run_pass(ctx, heads, units)
+    def resolve(mode: str, n_units: int) -> str:  # "auto" -> "all" or "significant"
+        if mode != "auto" or "cross" not in heads:
+            return mode
+        size = n_units * int(np.prod(ctx.ref["cross_outputs"][0].shape[1:]))
+        return "all" if size <= AUTO_MAX_ELEMENTS else "significant"
+
+    if cells is not None:  # the cells need the unit list (and the mode) first
+        units = _unit_ids(data, kind, units, ctx)
+        cross_outputs = resolve(cross_outputs, len(units))
+
+    def phase(phase_heads, phase_units, phase_name, need_all=True):
+        if cells is None:
+            return run_pass(ctx, phase_heads, phase_units)
+        return cells.run(run_pass, ctx, phase_heads, phase_units, kind=kind, model=name,
+                         phase=phase_name, need_all=need_all)
+
+    screened = phase(heads, units, "screen", need_all=cross_outputs == "significant")
+    if screened is None:  # a shard that left cells of this phase to others
+        return []
+    units, starts, stats = screened
     results = [_effects(ctx, h, units, starts, stats[h], output_names) for h in heads]
-    if cross_outputs == "auto" and "cross" in heads:
-        size = len(units) * int(np.prod(ctx.ref["cross_outputs"][0].shape[1:]))
-        cross_outputs = "all" if size <= AUTO_MAX_ELEMENTS else "significant"
+    cross_outputs = resolve(cross_outputs, len(units))
     if "cross" in heads and cross_outputs != "none":
         screen = results[0]
         selected = screen.q[:, 0] < alpha
         tested = units if cross_outputs == "all" else units[selected]
-        t_units, t_starts, t_stats = run_pass(ctx, ("cross_outputs",), tested)
+        detailed = phase(("cross_outputs",), tested, "outputs", need_all=False)
+        if detailed is None:
+            return results
+        t_units, t_starts, t_stats = detailed
         detail = _effects(ctx, "cross_outputs", t_units, t_starts, t_stats["cross_outputs"],
                           output_names)
         if cross_outputs == "significant":

@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 NOT_IN_KEY: frozenset[str] = frozenset({
     "analysis_level", "participant_label", "session_label", "task_label",
     "bids_filter_file", "skip_bids_validation", "work_dir", "nprocs", "omp_nthreads",
-    "mem_gb", "reports_only", "verbosity",
+    "mem_gb", "reports_only", "verbosity", "masking_shard", "models_only",
 })
 #: Folders of the output that hold no stage outputs (logs, locks).
 SKIPPED_FOLDERS: frozenset[str] = frozenset({"logs", ".eegfmri-locks"})
@@ -122,14 +122,18 @@ class Checkpoints:
         folder, or the whole output folder for the group level).
     exclude : tuple of Path
         Folders under ``output_root`` that are never outputs (the work directory).
+    clean : bool
+        Remove temporary files left by a killed run (False for a reader, e.g. a masking
+        shard, that may run beside the process writing the checkpoints).
     """
 
     folder: Path
     output_root: Path
     exclude: tuple[Path, ...] = ()
+    clean: bool = True
 
     def __post_init__(self) -> None:
-        for tmp in leftover_temporaries(self.folder):  # left by a killed run
+        for tmp in leftover_temporaries(self.folder) if self.clean else ():  # killed run
             tmp.unlink(missing_ok=True)
 
     def path(self, name: str) -> Path:

@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 STAGES: dict[str, tuple[str, str]] = {
     "models": ("bids_app.workflows.models", "run_models_workflow"),
-    "masking": ("bids_app.workflows.masking", "run_masking_workflow"),
+    "masking": ("bids_app.workflows.masking_shards", "run_masking_stage"),
     "group_report": ("bids_app.workflows.reports", "write_group_reports"),
 }
 #: Name part of the files the masking stage writes back into the subjects' folders.
@@ -117,10 +117,29 @@ def run_group_level(config: Any, *, stages: dict[str, Any] = STAGES,
 
     if subjects is None:
         subjects = prepare_group_level(config, stages=stages)
+    from bids_app.workflows import masking_shards as shards
     from bids_app.workflows.checkpoint import Checkpoints, ignore_work_dir, stage_key
 
     output_dir = Path(config.execution.output_dir)
     work_dir = Path(config.execution.work_dir or output_dir / "work").absolute()
+    if shards.shard_of(config) is not None:  # a masking shard: the part only, no output
+        folder = work_dir / "checkpoints" / "group"
+
+        def load_models() -> Any:
+            func = load_stage("models", stages, {})
+            if func is None:
+                return None
+            key = stage_key("models", func, "group", config, group_inputs(config, subjects))
+            found, models = Checkpoints(folder, output_dir, (work_dir,), clean=False).load(
+                "group-models", key)
+            return models if found else None
+
+        def train() -> None:  # a torchrun rank joins training unless rank 0 resumes
+            func = load_stage("models", stages, {})
+            if func is not None and load_models() is None:
+                func(output_dir, config, DerivativesWriter(output_dir, config))
+
+        return shards.run_shard_level(config, subjects, load_models, train)
     writer = DerivativesWriter(output_dir, config)
     ignore_work_dir(writer, config)
     result = LevelResult()
@@ -147,6 +166,20 @@ def run_group_level(config: Any, *, stages: dict[str, Any] = STAGES,
         return out
 
     models = run("models", output_dir, config, writer)
+    if config.execution.models_only:
+        logger.info("Group level: models done; masking and the report skipped "
+                    "(--models-only).")
+        return result
+    ranks = shards.rank_group(config)
+    if ranks is not None:  # torchrun rank 0: its own shard while the others do theirs
+        ranks.barrier()  # the models are trained (or failed); the other ranks load them
+        try:
+            if models is not None:
+                call_stage("masking", shards.run_masking_shard, (models, config, ranks.shard),
+                           label="group", output_dir=output_dir, failures=result.failures)
+        finally:
+            ranks.barrier()  # every rank's part is written
+            ranks.close()
     masking = (run("masking", models, config, writer, upstream=("models",))
                if models is not None else None)
     func = load_stage("group_report", stages, result.stages_unavailable)

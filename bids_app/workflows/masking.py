@@ -33,6 +33,7 @@ from bids_app.masking.annotate import (
     voxel_table,
 )
 from bids_app.masking.atlas import ATLAS_NAME, ATLAS_REFERENCE
+from bids_app.masking.shards import CellRunner
 from bids_app.masking.statistics import HeadEffects
 
 logger = logging.getLogger(__name__)
@@ -213,8 +214,9 @@ def _entities(run_label: str) -> dict[str, str]:
     return dict(ok)
 
 
-def run_masking_workflow(models: Any, config: Any, writer: Any) -> MaskingResult | None:
-    """Mask every EEG timestamp and voxel in both VAEs and write the annotations.
+def masking_effects(models: Any, config: Any, cells: CellRunner | None = None
+                    ) -> tuple[list[HeadEffects], pd.DataFrame] | None:
+    """Occlusion effects of every EEG timestamp and voxel in both VAEs.
 
     Parameters
     ----------
@@ -222,14 +224,14 @@ def run_masking_workflow(models: Any, config: Any, writer: Any) -> MaskingResult
         Windows and trained models of the group level.
     config : Config
         Resolved configuration (section ``masking``; ``execution.device`` and seed).
-    writer : DerivativesWriter
-        Writer of all outputs.
+    cells : CellRunner | None
+        Work cells (stored shard parts, or a shard's own cells); None: every cell here.
 
     Returns
     -------
-    MaskingResult | None
-        Effects, annotations, summary counts and written paths; None (masking skipped,
-        with a warning) when no window qualifies.
+    tuple | None
+        The effects and the table of EEG timestamp units; None (masking skipped, with a
+        warning) when no window qualifies.
     """
     cfg = config.masking
     windows = models.windows
@@ -238,6 +240,8 @@ def run_masking_workflow(models: Any, config: Any, writer: Any) -> MaskingResult
         logger.warning("masking skipped: no window to mask (masking.windows = %r; with "
                        "VAE-2 a window needs an observed stimulus feature).", cfg.windows)
         return None
+    if cells is None:
+        cells = CellRunner(config.execution.random_seed, cfg.cell_units)
     data, stamps = masking_data(windows, index, partial_stimulus=cfg.pvalue == "gaussian")
     names = {"cross_eeg": [f"voxel-{v}" for v in range(data.x_fmri.shape[1])],
              "cross_fmri": [f"eegtime-{t}" for t in range(data.x_eeg.shape[2])]}
@@ -254,7 +258,38 @@ def run_masking_workflow(models: Any, config: Any, writer: Any) -> MaskingResult
                 n_null=cfg.n_null, n_boot=cfg.n_boot, batch_size=cfg.batch_size,
                 context=cfg.context, pvalue=cfg.pvalue, device=config.execution.device,
                 seed=config.execution.random_seed, output_names=out_names,
-                cross_outputs=cfg.cross_outputs, alpha=cfg.fdr_q)
+                cross_outputs=cfg.cross_outputs, alpha=cfg.fdr_q, cells=cells)
+    return effects, stamps
+
+
+def run_masking_workflow(models: Any, config: Any, writer: Any,
+                         cells: CellRunner | None = None) -> MaskingResult | None:
+    """Mask every EEG timestamp and voxel in both VAEs and write the annotations.
+
+    Parameters
+    ----------
+    models : ModelsResult
+        Windows and trained models of the group level.
+    config : Config
+        Resolved configuration (section ``masking``; ``execution.device`` and seed).
+    writer : DerivativesWriter
+        Writer of all outputs.
+    cells : CellRunner | None
+        Work cells with the merged shard parts (see
+        :mod:`bids_app.workflows.masking_shards`); None: every cell computed here.
+
+    Returns
+    -------
+    MaskingResult | None
+        Effects, annotations, summary counts and written paths; None (masking skipped,
+        with a warning) when no window qualifies.
+    """
+    cfg = config.masking
+    windows = models.windows
+    computed = masking_effects(models, config, cells)
+    if computed is None:
+        return None
+    effects, stamps = computed
     result = MaskingResult(effects, {}, stamps)
     for kind in ("eeg", "fmri"):
         cross, stim = result.head(kind, "vae1", "cross"), result.head(kind, "vae2", "stimulus")

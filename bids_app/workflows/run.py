@@ -165,9 +165,19 @@ def preflight(config: Config) -> Any:
 
 
 def lock_names(config: Config, plan: Any) -> list[str]:
-    """Parts of the output a level writes: its subjects (participant) or all (group)."""
+    """Parts of the output a level writes: its subjects (participant) or all (group).
+
+    A masking shard (``--masking-shard``, or a torchrun rank other than 0) writes no
+    output, only its part in the work directory: it locks that part alone, so shards run
+    beside each other.
+    """
     if config.execution.analysis_level == "participant":
         return [f"sub-{s}" for s in plan.runs] or ["dataset"]
+    from bids_app.workflows.masking_shards import shard_of
+
+    shard = shard_of(config)
+    if shard is not None:
+        return [f"masking-{shard.name}"]
     output_dir = Path(config.execution.output_dir)
     return ["group", *(p.name for p in output_dir.glob("sub-*") if p.is_dir())]
 

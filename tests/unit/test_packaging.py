@@ -435,7 +435,7 @@ def test_boutiques_main_descriptor_matches_cli(tmp_path):
     invocation = {"bids_dir": "/data/bids", "output_dir": "/data/out",
                   "analysis_level": "participant", "participant_label": ["01", "02"],
                   "session_label": ["01"], "task_label": ["checker"], "fmri_backend": "builtin",
-                  "device": "cpu", "verbose": True}
+                  "device": "cpu", "verbose": True, "masking_shard": "2/4"}
     for item in desc["inputs"]:
         if item["id"] not in invocation and item["id"] != "quiet":
             invocation[item["id"]] = True if item["type"] == "Flag" else values[item["type"]]
@@ -446,6 +446,7 @@ def test_boutiques_main_descriptor_matches_cli(tmp_path):
     args = _parse(shlex.split(line)[1:])
     assert args.participant_label == ["01", "02"] and args.nprocs == 2
     assert args.verbose == 1 and args.reports_only and args.skip_bids_validation
+    assert args.masking_shard == "2/4" and args.models_only
 
 
 # --------------------------------------------------------------------------- brainlife
