@@ -82,7 +82,8 @@ class NeuralSim:
     power_sfreq : float
         Rate of ``source_power``; sample j of it is at stimulus time ``t0_s + j / 10``.
     gain : ndarray, shape (61, n_src)
-        Simulation lead field (V per A*m) of each planted source along its orientation.
+        Simulation lead field (V per A*m) of each planted source along its orientation
+        (hard mode: the mean over its patch, through the jittered, shifted head).
     """
 
     eeg: np.ndarray
