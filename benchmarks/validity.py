@@ -3,6 +3,7 @@
 Usage::
 
     python benchmarks/validity.py [--volumes N] [--channels N] [--output-dir docs]
+                                  [--checks artifacts localisation bad-channels] [--seeds 0 1 2]
 
 Writes ``validity.md`` (check x {ideal, hard} x {eegfmri, baseline}, with the claim of
 docs/methods.md and whether it holds) and ``validity.json`` (the same numbers) to
@@ -18,8 +19,15 @@ checks (BOLD, source localisation, models, masking) are to be added as rows:
   (1-40 Hz) and the beat-locked residual; baseline :func:`mne.preprocessing.apply_pca_obs`
   given eegfmri's R-peaks; both on eegfmri's gradient-corrected data.
 
-Recordings come from :func:`benchmarks.eeg_artifacts.simulate` (64 channels, 5 kHz) with
-``realism`` "ideal" or "hard" (:mod:`bids_app.simulate.realism`).
+- localisation and bad channels (:mod:`validity_source`): median and max error per
+  planted source with the pipeline's default bands, eegfmri (eLORETA) beside MNE's sLORETA
+  on the same forward and bands; % of clean simulated channels flagged bad, eegfmri's
+  pyprep criteria beside MNE's local outlier factor. One recording per seed and task.
+
+Artifact recordings come from :func:`benchmarks.eeg_artifacts.simulate` (64 channels,
+5 kHz) with ``realism`` "ideal" or "hard" (:mod:`bids_app.simulate.realism`).
+``--checks`` runs a subset; the rows of the checks not run are kept from the existing
+``validity.json`` in ``--output-dir``.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from eeg_artifacts import SFREQ, TR_SAMPLES, scores, simulate  # noqa: E402
+from validity_source import bad_channel_rows, localisation_rows  # noqa: E402
 
 from bids_app.eeg.cardiac import remove_bcg_artifact  # noqa: E402
 from bids_app.eeg.gradient import remove_gradient_artifact  # noqa: E402
@@ -48,7 +57,21 @@ CLAIMS = {
     "gradient error / noise (1-70 Hz)": ("<=", 1.3),
     "slice harmonics down (dB)": (">=", 30.0),
     "BCG beat-locked residual": ("<", 0.05),
+    "localisation median error (mm)": ("<=", 15.0),
+    "localisation max error (mm)": ("<=", 25.0),
+    "channels flagged (%), max over recordings": ("<=", 10.0),
 }
+#: Groups of checks that ``--checks`` selects.
+CHECKS = ("artifacts", "localisation", "bad-channels")
+
+
+def family(check: str) -> str:
+    """The ``--checks`` group a row's check belongs to."""
+    if check.startswith("localisation"):
+        return "localisation"
+    if check.startswith("bad channels"):
+        return "bad-channels"
+    return "artifacts"
 
 
 def _rows(realism: str, n_volumes: int, n_channels: int) -> list[dict]:
@@ -101,6 +124,8 @@ def _holds(row: dict, rows: list[dict]) -> str:
         base = [r["value"] for r in rows if r["metric"] == row["metric"]
                 and r["realism"] == row["realism"] and r["method"] != "eegfmri"]
         return "yes" if row["value"] < min(base) else "no"
+    if row["metric"] not in CLAIMS:
+        return ""
     op, bound = CLAIMS[row["metric"]]
     ok = {"<=": row["value"] <= bound, ">=": row["value"] >= bound, "<": row["value"] < bound}
     return "yes" if ok[op] else "no"
@@ -110,12 +135,15 @@ def markdown(rows: list[dict], meta: dict) -> str:
     """docs/validity.md from the rows."""
     lines = ["# Validity", "",
              "Written by `python benchmarks/validity.py` "
-             f"({meta['volumes']} volumes, {meta['channels']} EEG channels scored, "
+             f"(artifacts: {meta['volumes']} volumes, {meta['channels']} EEG channels scored; "
+             f"localisation and bad channels: seeds {meta.get('seeds', [])}; "
              f"{meta['seconds']:.0f} s). Each check on ideal data (the model the methods "
              "assume) and hard data (`eegfmri simulate --realism hard`), eegfmri beside the "
              "strongest simple baseline scored the same way. Claims: gradient error <= 1.3 x "
              "the noise floor and slice harmonics >= 30 dB down with any SliceTiming; BCG "
-             "error near the R-peaks below the baseline's and beat-locked residual < 0.05.",
+             "error near the R-peaks below the baseline's and beat-locked residual < 0.05; "
+             "localisation with the default bands median <= 15 mm and every planted source "
+             "<= 25 mm; <= 10 % of clean simulated channels flagged bad.",
              "", "| check | metric | method | ideal | hard | claim holds (ideal / hard) |",
              "|---|---|---|---|---|---|"]
     keys = sorted({(r["check"], r["metric"], r["method"]) for r in rows},
@@ -137,13 +165,36 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--volumes", type=int, default=30, help="volumes per recording")
     parser.add_argument("--channels", type=int, default=16, help="EEG channels scored")
+    parser.add_argument("--checks", nargs="+", choices=CHECKS, default=list(CHECKS),
+                        help="groups of checks to run (the others are kept from the JSON)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="seeds of the localisation and bad-channel recordings")
     parser.add_argument("--output-dir", type=Path, default=Path("docs"))
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
-    rows = [row for realism in ("ideal", "hard")
-            for row in _rows(realism, args.volumes, args.channels)]
-    meta = {"volumes": args.volumes, "channels": args.channels, "sfreq": SFREQ,
-            "seconds": time.perf_counter() - t0}
+    old = args.output_dir / "validity.json"
+    previous = json.loads(old.read_text()) if old.exists() else {"meta": {}, "rows": []}
+    rows = [{k: v for k, v in r.items() if k != "claim_holds"} for r in previous["rows"]
+            if family(r["check"]) not in args.checks]
+    meta = {"volumes": args.volumes, "channels": args.channels, "sfreq": SFREQ}
+    if "artifacts" not in args.checks:
+        meta.update({k: previous["meta"][k] for k in ("volumes", "channels", "sfreq")
+                     if k in previous["meta"]})
+    if "artifacts" in args.checks:
+        rows += [row for realism in ("ideal", "hard")
+                 for row in _rows(realism, args.volumes, args.channels)]
+    if "localisation" in args.checks:
+        rows += localisation_rows(args.seeds)
+    if "bad-channels" in args.checks:
+        rows += bad_channel_rows(args.seeds)
+    before = previous["meta"]
+    seconds = dict(before.get("seconds_by_checks")
+                   or ({"artifacts": before["seconds"]} if "seconds" in before else {}))
+    seconds = {k: v for k, v in seconds.items() if not set(k.split()) & set(args.checks)}
+    seconds[" ".join(args.checks)] = time.perf_counter() - t0
+    meta.update({"seeds": args.seeds if set(args.checks) - {"artifacts"} else
+                 before.get("seeds", []), "seconds_by_checks": seconds,
+                 "seconds": sum(seconds.values())})
     result = {"meta": meta, "claims": {k: list(v) for k, v in CLAIMS.items()},
               "rows": [{**r, "claim_holds": _holds(r, rows)} for r in rows]}
     args.output_dir.mkdir(parents=True, exist_ok=True)

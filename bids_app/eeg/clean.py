@@ -6,6 +6,13 @@ bad channels -> average reference -> ICA + ICLabel removal of eye and muscle com
 Every step can be switched off in :class:`bids_app.config.EEGConfig` and is recorded, with its
 parameters and what it found, in the returned ``steps`` list that goes to the ``_eeg.json``
 sidecar. The output holds EEG channels only (ECG and EOG are used, then dropped).
+
+Guards against degenerate results: when more than half of the EEG channels are flagged bad
+the recording cannot be rebuilt by interpolation, and :func:`clean_eeg` raises an
+:class:`~bids_app.errors.InputError` naming the file. When ICA fails (infomax raises,
+reaches its iteration limit without converging, or returns a non-finite unmixing), the ICA
+step is skipped, the data pass unchanged, and the reason is recorded in the step's result
+and in ``CleanReport.ica_skipped`` (the QC sidecar's ``ica_skipped``).
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ from typing import Any
 
 import mne
 import numpy as np
+
+from bids_app.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +46,8 @@ class CleanReport:
         The fitted ICA (for figures).
     asr_fraction : float
         Fraction of samples changed by burst repair.
+    ica_skipped : str
+        Why the ICA step was skipped ("" when it ran or was switched off).
     """
 
     steps: list[dict[str, Any]] = field(default_factory=list)
@@ -44,6 +55,7 @@ class CleanReport:
     ica_rejected: list[dict[str, Any]] = field(default_factory=list)
     ica: Any = None
     asr_fraction: float = 0.0
+    ica_skipped: str = ""
 
 
 def find_bad_channels(raw: mne.io.BaseRaw, *, random_state: int = 0) -> dict[str, str]:
@@ -148,6 +160,10 @@ def n_ica_components(data: np.ndarray, n_components: float | int, max_components
     return max(2, min(n, max_components) if max_components else n)
 
 
+class ICAFailure(RuntimeError):
+    """ICA gave no usable decomposition (see :func:`remove_artifact_components`)."""
+
+
 def remove_artifact_components(
     raw: mne.io.BaseRaw,
     *,
@@ -156,6 +172,7 @@ def remove_artifact_components(
     labels: tuple[str, ...],
     max_components: int = 0,
     random_state: int = 0,
+    max_iter: int | str = "auto",
 ) -> tuple[mne.preprocessing.ICA, list[dict[str, Any]]]:
     """Extended-infomax ICA + ICLabel; removes components labelled ``labels`` in place.
 
@@ -163,6 +180,12 @@ def remove_artifact_components(
     MNE recommends for ICA) with the number of components from :func:`n_ica_components`;
     the unmixing is applied to ``raw`` with every principal component kept, so the data
     outside the ICA subspace pass unchanged.
+
+    Raises
+    ------
+    ICAFailure
+        When infomax raises, stops at ``max_iter`` without converging, or returns a
+        non-finite unmixing; ``raw`` is then left unchanged.
     """
     from mne_icalabel import label_components
 
@@ -171,10 +194,17 @@ def remove_artifact_components(
     n_fit = n_ica_components(fit_raw._data[picks], n_components, max_components)
     ica = mne.preprocessing.ICA(n_components=n_fit, method="infomax",
                                 fit_params={"extended": True}, random_state=random_state,
-                                max_iter="auto", verbose=False)  # fmt: skip
+                                max_iter=max_iter, verbose=False)  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ica.fit(fit_raw, picks="eeg", verbose=False)
+        try:
+            ica.fit(fit_raw, picks="eeg", verbose=False)
+        except (RuntimeError, ValueError, FloatingPointError, np.linalg.LinAlgError) as err:
+            raise ICAFailure(f"infomax failed ({err})") from None
+        if not np.isfinite(ica.unmixing_matrix_).all():
+            raise ICAFailure("infomax returned a non-finite unmixing matrix")
+        if ica.n_iter_ >= ica.max_iter:
+            raise ICAFailure(f"infomax did not converge in {ica.max_iter} iterations")
         result = label_components(fit_raw, ica, method="iclabel")
     logger.info("ICA: %d components fitted on %d samples.", n_fit, fit_raw.n_times)
     rejected = []
@@ -188,8 +218,8 @@ def remove_artifact_components(
     return ica, rejected
 
 
-def clean_eeg(raw: mne.io.BaseRaw, config, *, random_state: int = 0,
-              copy: bool = True) -> tuple[mne.io.BaseRaw, CleanReport]:  # fmt: skip
+def clean_eeg(raw: mne.io.BaseRaw, config, *, random_state: int = 0, copy: bool = True,
+              source: str | None = None) -> tuple[mne.io.BaseRaw, CleanReport]:  # fmt: skip
     """Run the post-MR chain configured in ``config`` (an :class:`EEGConfig`).
 
     Parameters
@@ -202,6 +232,8 @@ def clean_eeg(raw: mne.io.BaseRaw, config, *, random_state: int = 0,
         Seed of pyprep and ICA.
     copy : bool
         Work on a copy of ``raw``.
+    source : str | None
+        The recording's file, named in error messages.
 
     Returns
     -------
@@ -209,6 +241,11 @@ def clean_eeg(raw: mne.io.BaseRaw, config, *, random_state: int = 0,
         EEG channels only, at ``config.resample_sfreq``, average reference.
     report : CleanReport
         Steps, bad channels, rejected components.
+
+    Raises
+    ------
+    InputError
+        More than half of the EEG channels are flagged bad.
     """
     raw = raw.copy() if copy else raw
     report = CleanReport()
@@ -233,6 +270,7 @@ def clean_eeg(raw: mne.io.BaseRaw, config, *, random_state: int = 0,
     if config.bad_channels:
         report.bad_channels = find_bad_channels(raw, random_state=random_state)
         raw.info["bads"] = sorted(report.bad_channels)
+        _check_enough_good_channels(raw, report.bad_channels, source)
         step("bad_channels", {"method": "pyprep.NoisyChannels", "ransac": False},
              {"bads": report.bad_channels})  # fmt: skip
     if config.burst_repair:
@@ -248,14 +286,34 @@ def clean_eeg(raw: mne.io.BaseRaw, config, *, random_state: int = 0,
         raw.set_eeg_reference("average", projection=False, verbose=False)
         step("average_reference", {})
     if config.ica:
-        report.ica, report.ica_rejected = remove_artifact_components(
-            raw, n_components=config.ica_n_components, threshold=config.ica_threshold,
-            labels=tuple(config.ica_reject_labels), max_components=config.ica_max_components,
-            random_state=random_state)
-        step("ica_iclabel", {"method": "extended infomax", "n_components":
-                             config.ica_n_components, "max_components":
-                             config.ica_max_components, "fit_highpass": 1.0,
-                             "threshold": config.ica_threshold,
-                             "labels": list(config.ica_reject_labels)},
-             {"n_fitted": int(report.ica.n_components_), "rejected": report.ica_rejected})
+        parameters = {"method": "extended infomax", "n_components": config.ica_n_components,
+                      "max_components": config.ica_max_components, "fit_highpass": 1.0,
+                      "threshold": config.ica_threshold,
+                      "labels": list(config.ica_reject_labels)}  # fmt: skip
+        try:
+            report.ica, report.ica_rejected = remove_artifact_components(
+                raw, n_components=config.ica_n_components, threshold=config.ica_threshold,
+                labels=tuple(config.ica_reject_labels),
+                max_components=config.ica_max_components, random_state=random_state)
+        except ICAFailure as err:
+            report.ica_skipped = f"{err}; eye and muscle components were not removed"
+            logger.warning("%s: ICA skipped: %s.", source or "EEG", report.ica_skipped)
+            step("ica_iclabel", parameters, {"skipped": report.ica_skipped})
+        else:
+            step("ica_iclabel", parameters, {"n_fitted": int(report.ica.n_components_),
+                                             "rejected": report.ica_rejected})
     return raw, report
+
+
+def _check_enough_good_channels(raw: mne.io.BaseRaw, bads: dict[str, str],
+                                source: str | None) -> None:  # fmt: skip
+    """Raise InputError when more than half of the EEG channels are flagged bad."""
+    n_eeg = len(mne.pick_types(raw.info, eeg=True, exclude=()))
+    if len(bads) <= n_eeg / 2:
+        return
+    reasons = ", ".join(f"{n} {r}" for r, n in sorted(
+        {r: list(bads.values()).count(r) for r in set(bads.values())}.items()))
+    raise InputError(
+        f"{source or 'The EEG recording'}: {len(bads)} of {n_eeg} EEG channels are flagged "
+        f"bad ({reasons}), too many to interpolate; check the recording (cap, reference, "
+        "gradient/BCG removal) or set eeg.bad_channels = false to skip detection.")

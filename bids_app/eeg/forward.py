@@ -197,7 +197,8 @@ def fit_head_sphere(info: mne.Info) -> tuple[np.ndarray, float]:
 
 
 def make_head_model(info: mne.Info, *, simulation: bool = False,
-                    subjects_dir: Path | None = None) -> mne.bem.ConductorModel:
+                    subjects_dir: Path | None = None,
+                    extra_offset_m: Sequence[float] | None = None) -> mne.bem.ConductorModel:
     """Conductor model for the inverse (3-shell sphere) or for simulation (4-shell sphere).
 
     Parameters
@@ -209,6 +210,9 @@ def make_head_model(info: mne.Info, *, simulation: bool = False,
         so that simulated data are never inverted with the model that generated them.
     subjects_dir : Path | None
         If given, load ``fsaverage/bem/fsaverage-5120-5120-5120-bem-sol.fif`` from it.
+    extra_offset_m : sequence of float | None
+        Further shift (metres) of the sphere centre (hard-mode simulation: a head shape
+        the inverse does not know).
 
     Returns
     -------
@@ -220,6 +224,8 @@ def make_head_model(info: mne.Info, *, simulation: bool = False,
             raise InputError(f"BEM solution {path} does not exist (set source.subjects_dir).")
         return mne.read_bem_solution(path, verbose="error")
     r0, radius = fit_head_sphere(info)
+    if extra_offset_m is not None:
+        r0 = r0 + np.asarray(extra_offset_m, float)
     if simulation:
         r0 = r0 + np.asarray(SIMULATION_OFFSET_M)
         radius *= SIMULATION_RADIUS_SCALE

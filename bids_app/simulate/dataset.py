@@ -164,7 +164,8 @@ def _simulate_run(
     )
     tl = run_timeline(spec, scale, real)
     neural = simulate_neural(
-        spec.task, stim, tl.sfreq, tl.n_times, -tl.stim_onset_s, rng_neural, null=null
+        spec.task, stim, tl.sfreq, tl.n_times, -tl.stim_onset_s, rng_neural, null=null,
+        realism=real,
     )
     # At NATVIEW size the neural EEG waits on disk while the artifacts are simulated.
     spill = truth_dir(out_dir, subject) / f".{_stem(subject, spec)}_neural.npy"

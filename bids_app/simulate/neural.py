@@ -18,6 +18,11 @@ Waveforms
   independent with equal spectra, their scalp projection is Gaussian with covariance
   ``L L^T``; it is generated exactly in channel space as ``U sqrt(S) w(t)`` (61 pink series),
   which costs 61 series instead of hundreds.
+
+Hard mode (``realism`` with ``eeg_*`` switches, :mod:`bids_app.simulate.eeg_realism`):
+jittered electrodes and a further-shifted sphere (for the planted sources and the
+background alike), patches of dipoles instead of point sources, amplitude-modulated and
+frequency-drifting rhythms.
 """
 
 from __future__ import annotations
@@ -27,13 +32,15 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+import mne
 import numpy as np
 import pandas as pd
 from scipy import signal
 
 from bids_app.eeg import forward
 from bids_app.natview import facts as nv
-from bids_app.simulate import scenario
+from bids_app.simulate import eeg_realism, scenario
+from bids_app.simulate.realism import Realism, resolve_realism
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +82,8 @@ class NeuralSim:
     power_sfreq : float
         Rate of ``source_power``; sample j of it is at stimulus time ``t0_s + j / 10``.
     gain : ndarray, shape (61, n_src)
-        Simulation lead field (V per A*m) of each planted source along its orientation.
+        Simulation lead field (V per A*m) of each planted source along its orientation
+        (hard mode: the mean over its patch, through the jittered, shifted head).
     """
 
     eeg: np.ndarray
@@ -96,7 +104,28 @@ def _simulation_model() -> tuple[Any, Any]:
     return info, forward.make_head_model(info, simulation=True)
 
 
-def planted_gain(rr_mm: np.ndarray, nn: np.ndarray) -> np.ndarray:
+def simulation_model(real: Realism, rng: np.random.Generator | None) -> tuple[Any, Any]:
+    """Electrodes (info) and head (sphere model) that one recording is simulated with.
+
+    The template cap on the 4-shell simulation sphere; with hard-mode EEG switches, the
+    electrodes are jittered and the sphere centre moved further (drawn from ``rng``).
+    """
+    if not (real.eeg_electrode_jitter_mm or real.eeg_head_offset_mm):
+        return _simulation_model()
+    info, _ = _simulation_model()
+    offset = eeg_realism.head_offset(real.eeg_head_offset_mm, rng)
+    bem = forward.make_head_model(info, simulation=True, extra_offset_m=offset)
+    centre, _ = forward.fit_head_sphere(info)
+    template = np.array([ch["loc"][:3] for ch in info["chs"]])
+    moved = eeg_realism.jitter_positions(template, centre, real.eeg_electrode_jitter_mm, rng)
+    jittered = mne.create_info(list(info.ch_names), info["sfreq"], "eeg")
+    jittered.set_montage(mne.channels.make_dig_montage(
+        ch_pos=dict(zip(info.ch_names, moved)), coord_frame="head"))
+    return jittered, bem
+
+
+def planted_gain(rr_mm: np.ndarray, nn: np.ndarray, model: tuple[Any, Any] | None = None
+                 ) -> np.ndarray:  # fmt: skip
     """Lead field (61, n) of dipoles at MNI positions with orientations ``nn`` (FCz ref.).
 
     Parameters
@@ -105,13 +134,15 @@ def planted_gain(rr_mm: np.ndarray, nn: np.ndarray) -> np.ndarray:
         Positions in MNI millimetres.
     nn : ndarray, shape (n, 3)
         Dipole orientations (normalised here).
+    model : tuple | None
+        (info, sphere model) from :func:`simulation_model` (None: the template cap).
 
     Returns
     -------
     ndarray, shape (61, n)
         Volts per A*m at the EEG channels, referenced to FCz.
     """
-    info, bem = _simulation_model()
+    info, bem = model if model is not None else _simulation_model()
     nn = np.asarray(nn, float)
     nn = nn / np.linalg.norm(nn, axis=1, keepdims=True)
     fwd = forward.make_volume_forward(info, rr_mm, bem)
@@ -123,7 +154,12 @@ def planted_gain(rr_mm: np.ndarray, nn: np.ndarray) -> np.ndarray:
 @functools.lru_cache(maxsize=N_LAYOUTS)
 def _background_mixing(seed: int) -> np.ndarray:
     """Channel-space mixing matrix of ``N_BACKGROUND`` random dipoles (unit RMS output)."""
-    info, bem = _simulation_model()
+    return background_mixing(seed, _simulation_model())
+
+
+def background_mixing(seed: int, model: tuple[Any, Any]) -> np.ndarray:
+    """Mixing matrix of ``N_BACKGROUND`` random dipoles of layout ``seed`` through ``model``."""
+    _, bem = model
     r0, rad = forward.inner_radius(bem)
     rng = np.random.default_rng(seed)
     d = rng.normal(size=(N_BACKGROUND, 3))
@@ -131,7 +167,7 @@ def _background_mixing(seed: int) -> np.ndarray:
     radius = rad * (0.3 + 0.6 * rng.uniform(size=N_BACKGROUND) ** (1 / 3))
     rr = (r0 + d * radius[:, None]) * 1000
     nn = rng.normal(size=(N_BACKGROUND, 3))
-    lead = planted_gain(rr, nn)
+    lead = planted_gain(rr, nn, model)
     cov = lead @ lead.T / N_BACKGROUND
     evals, evecs = np.linalg.eigh(cov)
     mixing = evecs * np.sqrt(np.clip(evals, 0, None))
@@ -194,8 +230,22 @@ def _feature_series(stimulus: Any, feature: str) -> np.ndarray:
     raise KeyError(f"The stimulus has no feature '{feature}'.")
 
 
+def _source_gains(sources, model, real: Realism, rng) -> np.ndarray:
+    """Lead field (61, n_src) of each planted source: its dipole, or its patch's mean."""
+    if not sources:
+        return np.zeros((len(nv.EEG_CHANNELS), 0))
+    n = max(1, real.eeg_patch_dipoles)
+    patches = [eeg_realism.source_patch(np.array(s.mni_mm), np.array(s.orientation), n,
+                                        real.eeg_patch_radius_mm, rng) for s in sources]
+    rr = np.concatenate([p[0] for p in patches])
+    nn = np.concatenate([p[1] for p in patches])
+    gain = planted_gain(rr, nn, model)
+    return gain.reshape(len(gain), len(sources), n).mean(axis=2)
+
+
 def simulate_neural(task: str, stimulus: Any, sfreq: float, n_times: int, t0_s: float,
-                    rng: np.random.Generator, null: bool = False) -> NeuralSim:
+                    rng: np.random.Generator, null: bool = False,
+                    realism: str | Realism = "ideal") -> NeuralSim:
     """Simulate scalp EEG of the planted sources of ``task`` plus background activity.
 
     Parameters
@@ -214,11 +264,16 @@ def simulate_neural(task: str, stimulus: Any, sfreq: float, n_times: int, t0_s: 
         Random generator (the only source of randomness).
     null : bool
         Remove every stimulus -> source link.
+    realism : {"ideal", "hard"} | Realism
+        Hard-mode EEG effects (``eeg_*`` fields); drawn from a child stream of ``rng``, so
+        the ideal draws are the same in both modes.
 
     Returns
     -------
     NeuralSim
     """
+    real = resolve_realism(realism)
+    hard_rng = rng.spawn(1)[0] if real.eeg_hard else None
     fps = float(getattr(stimulus, "fps", POWER_SFREQ))
     times = t0_s + np.arange(n_times) / sfreq
     sources = scenario.sources_for_task(task)
@@ -250,14 +305,21 @@ def simulate_neural(task: str, stimulus: Any, sfreq: float, n_times: int, t0_s: 
         else:  # narrow-band: phase random walk of ~0.5 Hz bandwidth
             jitter = np.cumsum(rng.normal(scale=2 * np.pi * 0.5 / np.sqrt(sfreq), size=n_times))
             phase = 2 * np.pi * src.freq_hz * times + jitter
+        if real.eeg_frequency_drift_hz and src.feature != "checker":
+            phase += 2 * np.pi * np.cumsum(eeg_realism.frequency_drift(
+                n_times, sfreq, real.eeg_frequency_drift_hz, hard_rng)) / sfreq
+        if real.eeg_amplitude_modulation:
+            amplitude = amplitude * eeg_realism.amplitude_modulation(
+                n_times, sfreq, real.eeg_amplitude_modulation, hard_rng)
         waves[k] = amp_nam * (amplitude * np.cos(phase) + TRANSIENT_GAIN * transient)
         inst = (amp_nam * amplitude) ** 2 / 2  # oscillation power in the source's band
         power[src.name] = np.bincount(bins, weights=inst, minlength=n_pow) / np.maximum(counts, 1)
-    rr = np.array([s.mni_mm for s in sources]).reshape(-1, 3)
-    nn = np.array([s.orientation for s in sources]).reshape(-1, 3)
-    gain = planted_gain(rr, nn) if len(sources) else np.zeros((len(nv.EEG_CHANNELS), 0))
+    model = simulation_model(real, hard_rng)
+    gain = _source_gains(sources, model, real, hard_rng)
     waves *= 1e-9  # nA*m -> A*m
-    mixing = BACKGROUND_RMS_V * _background_mixing(int(rng.integers(N_LAYOUTS)))
+    layout = int(rng.integers(N_LAYOUTS))
+    mixing = BACKGROUND_RMS_V * (_background_mixing(layout) if model is _simulation_model()
+                                 else background_mixing(layout, model))  # fmt: skip
     background = pink_noise(len(mixing), n_times, sfreq, rng)
     eeg = np.empty((len(gain), n_times), np.float32)
     for a in range(0, n_times, CHUNK):  # chunked: bounded memory at 5 kHz x 10 min

@@ -24,7 +24,17 @@ recorded in the truth folder (``realism.json``):
 - ``bcg_latency_jitter_s``, ``bcg_shape_sd``, ``bcg_resp_depth``: beat-to-beat latency
   jitter of every pulse-artifact component (SD), beat-to-beat change of its width
   (relative SD), and the depth of its respiratory modulation (amplitude by this fraction,
-  latency by 40 ms times it).
+  latency by 40 ms times it);
+- EEG (drawn in :mod:`bids_app.simulate.eeg_realism`): ``eeg_electrode_jitter_mm`` (RMS
+  tangential electrode displacement from the template the inverse uses),
+  ``eeg_head_offset_mm`` (the simulation sphere's centre moves this far again, in a random
+  direction, beyond its fixed offset), ``eeg_patch_dipoles`` and ``eeg_patch_radius_mm``
+  (each planted source is a patch of dipoles in a ball instead of one dipole),
+  ``eeg_amplitude_modulation`` (relative depth of 0.2-2 Hz amplitude modulation of every
+  rhythm) and ``eeg_frequency_drift_hz`` (slow frequency wander of the spontaneous and
+  feature rhythms; the SSVEP stays locked to the flicker). The background is spatially
+  correlated 1/f activity of 300 random dipoles in both modes (channel covariance
+  ``L L^T``); in hard mode it passes through the jittered, mismatched head as well.
 """
 
 from __future__ import annotations
@@ -56,6 +66,15 @@ class Realism:
         What the BOLD sidecar says about the slice times.
     bcg_latency_jitter_s, bcg_shape_sd, bcg_resp_depth : float
         Pulse-artifact effects.
+    eeg_electrode_jitter_mm, eeg_head_offset_mm : float
+        Electrode misplacement (RMS, mm) and extra head-sphere offset (mm) of the simulation
+        forward model relative to the inverse's.
+    eeg_patch_dipoles : int
+        Dipoles per planted source (1: a point source).
+    eeg_patch_radius_mm : float
+        Radius of the ball a patch fills.
+    eeg_amplitude_modulation, eeg_frequency_drift_hz : float
+        Non-stationary rhythms: modulation depth and maximum frequency offset (Hz).
     """
 
     name: str = "ideal"
@@ -69,6 +88,12 @@ class Realism:
     bcg_latency_jitter_s: float = 0.0
     bcg_shape_sd: float = 0.0
     bcg_resp_depth: float = 0.1
+    eeg_electrode_jitter_mm: float = 0.0
+    eeg_head_offset_mm: float = 0.0
+    eeg_patch_dipoles: int = 1
+    eeg_patch_radius_mm: float = 10.0
+    eeg_amplitude_modulation: float = 0.0
+    eeg_frequency_drift_hz: float = 0.0
 
     def __post_init__(self):
         if self.sidecar_slice_timing not in SIDECAR_SLICE_TIMING:
@@ -79,6 +104,12 @@ class Realism:
     def hard(self) -> bool:
         """Whether any effect beyond the ideal model is switched on."""
         return self != dataclasses.replace(REALISM["ideal"], name=self.name)
+
+    @property
+    def eeg_hard(self) -> bool:
+        """Whether any hard-mode EEG effect is switched on."""
+        return any(getattr(self, f.name) != f.default for f in dataclasses.fields(self)
+                   if f.name.startswith("eeg_"))  # fmt: skip
 
     def to_dict(self) -> dict:
         """Plain-python view (written to the truth folder)."""
@@ -91,7 +122,8 @@ REALISM: dict[str, Realism] = {
         "hard", slice_waveform_sd=0.05, volume_amplitude_sd=0.03, head_jump=0.15,
         vibration_uv=2.0, clock_ppm=40.0, clocks_synchronised=False,
         sidecar_slice_timing="wrong", bcg_latency_jitter_s=0.01, bcg_shape_sd=0.15,
-        bcg_resp_depth=0.3,
+        bcg_resp_depth=0.3, eeg_electrode_jitter_mm=7.5, eeg_head_offset_mm=4.0,
+        eeg_patch_dipoles=24, eeg_amplitude_modulation=0.5, eeg_frequency_drift_hz=1.0,
     ),
 }  # fmt: skip
 

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from bids_app.natview import facts as nv
 
 
@@ -166,3 +168,49 @@ SCALES: dict[str, Scale] = {
 def sources_for_task(task: str) -> tuple[PlantedSource, ...]:
     """Planted sources active during ``task``."""
     return tuple(s for s in PLANTED_SOURCES if "*" in s.tasks or task in s.tasks)
+
+
+def band_of(source: PlantedSource, bands: tuple[tuple[str, float, float], ...]) -> str:
+    """Name of the first configured band ``(name, l_freq, h_freq)`` holding the source.
+
+    Localisation is scored in the pipeline's bands (``SourceConfig.bands``), not in a band
+    built around the planted frequency.
+    """
+    for name, lo, hi in bands:
+        if lo <= source.freq_hz < hi:
+            return name
+    raise ValueError(f"No band of {bands} holds {source.name} at {source.freq_hz} Hz.")
+
+
+def localisation_error(source: PlantedSource, power: np.ndarray, rr_mm: np.ndarray,
+                       flicker: np.ndarray | None = None) -> float:  # fmt: skip
+    """Distance (mm) from the planted position to the peak of the source's power map.
+
+    Parameters
+    ----------
+    source : PlantedSource
+        The planted source.
+    power : ndarray, shape (n_windows, n_sources)
+        Source power per window in the band holding the source (:func:`band_of`).
+    rr_mm : ndarray, shape (n_sources, 3)
+        Source grid positions (MNI mm).
+    flicker : ndarray of bool, shape (n_windows,) | None
+        Windows during checkerboard flicker. The SSVEP source (feature "checker") is
+        scored on the flicker-minus-rest contrast of the mean power (the block design a
+        user has); every other source on its mean power outside the flicker blocks, where
+        the 12 Hz SSVEP does not share its default band.
+
+    Returns
+    -------
+    float
+    """
+    power = np.asarray(power, float)
+    both = flicker is not None and np.any(flicker) and not np.all(flicker)
+    if source.feature == "checker":
+        if not both:
+            raise ValueError("The SSVEP source needs windows with and without flicker.")
+        score = np.nanmean(power[flicker], axis=0) - np.nanmean(power[~flicker], axis=0)
+    else:
+        score = np.nanmean(power[~np.asarray(flicker)] if both else power, axis=0)
+    peak = np.asarray(rr_mm, float)[int(np.nanargmax(score))]
+    return float(np.linalg.norm(peak - np.asarray(source.mni_mm, float)))

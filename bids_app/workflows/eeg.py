@@ -184,7 +184,8 @@ def run_eeg_workflow(run, config, writer) -> EEGResult:
                                   f"Cardiac-locked average, {names[worst]}")
         qc_summary["heart_rate_bpm"] = bcg.heart_rate_bpm
         qc_summary["cardiac_source"] = bcg.source
-    raw_clean, report = clean_eeg(raw, cfg, random_state=config.execution.random_seed)
+    raw_clean, report = clean_eeg(raw, cfg, random_state=config.execution.random_seed,
+                                  source=str(run.eeg))
     del raw
     steps.extend(report.steps)
     before_psd, sf_psd = qc.decimated(before, sf_low, 250.0)
@@ -194,7 +195,8 @@ def run_eeg_workflow(run, config, writer) -> EEGResult:
         figs["ica"] = comp_figs[0] if isinstance(comp_figs, list) else comp_figs
     qc_summary.update({"bad_channels": report.bad_channels,
                        "ica_rejected": report.ica_rejected,
-                       "burst_repair_fraction": report.asr_fraction})  # fmt: skip
+                       "burst_repair_fraction": report.asr_fraction,
+                       "ica_skipped": report.ica_skipped})  # fmt: skip
     _write_outputs(run, writer, raw_clean, names, report.bad_channels, metrics, steps,
                    qc_summary)  # fmt: skip
     subject = run.entities["sub"]

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import functools
+from dataclasses import replace
+
 import mne
 import numpy as np
 import pytest
 from scipy import signal
 
 from bids_app.config import EEGConfig
-from bids_app.eeg.clean import clean_eeg
+from bids_app.eeg import clean
+from bids_app.eeg.clean import ICAFailure, clean_eeg, remove_artifact_components
+from bids_app.errors import InputError
 from bids_app.natview import facts as nv
+from bids_app.simulate.neural import simulate_neural
+from bids_app.simulate.stimulus import simulate_stimulus
 
 SFREQ = 500.0
 N = int(120 * SFREQ)
@@ -136,3 +143,48 @@ def test_n_ica_components_fraction_cap_and_rank():
     assert n_ica_components(data, 50, 0) == 8  # never more than the rank
     full = rng.standard_normal((20, 5000))
     assert n_ica_components(full - full.mean(0), 60, 30) == 19  # average reference: rank - 1
+
+
+def _simulated_brain(seed: int, realism: str = "hard", duration: float = 60.0):
+    """Clean simulated EEG (brain activity only, 61 channels at 250 Hz)."""
+    stim = simulate_stimulus("tp", duration, 10.0, (32, 24), np.random.default_rng(seed),
+                             render=False)  # fmt: skip
+    sim = simulate_neural("tp", stim, 250.0, int(duration * 250.0), 0.0,
+                          np.random.default_rng(seed + 1), realism=realism)  # fmt: skip
+    info = mne.create_info(list(nv.EEG_CHANNELS), 250.0, "eeg")
+    return mne.io.RawArray(sim.eeg.astype(float), info, verbose=False)
+
+
+FAST = EEGConfig(burst_repair=False, ica=False, notch=False)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_few_clean_hard_mode_channels_flagged_bad(seed):
+    _, report = clean_eeg(_simulated_brain(seed), FAST, random_state=seed)
+    # issue 16: bad channels flagged <= 10 % on clean simulated channels
+    assert len(report.bad_channels) <= 0.10 * len(nv.EEG_CHANNELS), report.bad_channels
+
+
+def test_more_than_half_bad_channels_is_one_clear_error():
+    raw = _simulated_brain(2, duration=30.0)
+    raw._data[:35] = 0.0  # 35 of 61 leads broken (flat)
+    with pytest.raises(InputError, match=r"^sub-01_eeg\.set: 35 of 61 EEG channels are "
+                                         r"flagged bad \(35 flat\), too many"):
+        clean_eeg(raw, FAST, source="sub-01_eeg.set")
+
+
+def test_ica_that_does_not_converge_is_skipped_and_recorded(monkeypatch):
+    raw = _simulated_brain(3, duration=30.0)
+    before = raw.copy()
+    with pytest.raises(ICAFailure, match="did not converge in 2 iterations"):
+        remove_artifact_components(raw, n_components=10, threshold=0.8,
+                                   labels=("eye blink",), max_iter=2)  # fmt: skip
+    np.testing.assert_array_equal(raw.get_data(), before.get_data())  # left unchanged
+    # the chain falls back: the real ICA, capped at 2 iterations, fails inside clean_eeg
+    monkeypatch.setattr(clean, "remove_artifact_components",
+                        functools.partial(remove_artifact_components, max_iter=2))
+    out, report = clean_eeg(raw, replace(FAST, ica=True), source="run.set")
+    assert report.ica is None and "did not converge" in report.ica_skipped
+    ica_step = [s for s in report.steps if s["name"] == "ica_iclabel"]
+    assert ica_step and ica_step[0]["result"]["skipped"] == report.ica_skipped
+    assert np.isfinite(out.get_data()).all() and len(out.ch_names) == len(nv.EEG_CHANNELS)
