@@ -183,7 +183,10 @@ def build_subcommand_parser() -> argparse.ArgumentParser:
                    help="ideal: artifacts follow the cleaning methods' model (unit tests); "
                    "hard: per-slice gradient waveforms, amplitude changes, a head movement, "
                    "vibration lines, drifting clocks, wrong SliceTiming in the BOLD sidecar, "
-                   "variable pulse artifact (recorded in sourcedata/simulation/realism.json)")
+                   "variable pulse artifact; BOLD with region-specific HRFs, AR(1), 1/f and "
+                   "aliased physiological noise, drift, a global signal, motion spikes and "
+                   "non-planted signal clusters (recorded in "
+                   "sourcedata/simulation/realism.json)")
     p = sub.add_parser("download", help="download (a subset of) a public release")
     p.add_argument("dataset", choices=("natview",), help="public release to download")
     p.add_argument("target", type=_path, help="folder to download into (resumable)")

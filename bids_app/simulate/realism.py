@@ -25,6 +25,11 @@ recorded in the truth folder (``realism.json``):
   jitter of every pulse-artifact component (SD), beat-to-beat change of its width
   (relative SD), and the depth of its respiratory modulation (amplitude by this fraction,
   latency by 40 ms times it).
+
+BOLD effects (``bold_*`` fields, :mod:`bids_app.simulate.bold_hard`): region- and
+run-specific HRFs, AR(1) and 1/f noise, aliased cardiac and respiratory fluctuations, slow
+drift, a global signal, motion spikes (in the planted motion and so in the motion
+parameters the pipeline estimates) and non-planted signal clusters.
 """
 
 from __future__ import annotations
@@ -56,6 +61,14 @@ class Realism:
         What the BOLD sidecar says about the slice times.
     bcg_latency_jitter_s, bcg_shape_sd, bcg_resp_depth : float
         Pulse-artifact effects.
+    bold_hrf_variable : bool
+        Every region of every run has its own HRF (peak 4-8 s, dispersion, undershoot).
+    bold_ar1, bold_ar1_sd, bold_pink_sd, bold_physio_sd, bold_drift_sd, bold_global_sd : float
+        AR(1) coefficient and noise sizes (fraction of the baseline signal; 0 disables).
+    bold_spikes : int
+        Sudden one-volume head movements of ``bold_spike_mm`` (mm).
+    bold_clusters : int
+        Non-planted signal clusters of ``bold_cluster_sd`` (fraction per SD of the driver).
     """
 
     name: str = "ideal"
@@ -69,6 +82,18 @@ class Realism:
     bcg_latency_jitter_s: float = 0.0
     bcg_shape_sd: float = 0.0
     bcg_resp_depth: float = 0.1
+    # --- BOLD ---
+    bold_hrf_variable: bool = False
+    bold_ar1: float = 0.0
+    bold_ar1_sd: float = 0.0
+    bold_pink_sd: float = 0.0
+    bold_physio_sd: float = 0.0
+    bold_drift_sd: float = 0.0
+    bold_global_sd: float = 0.0
+    bold_spikes: int = 0
+    bold_spike_mm: float = 0.0
+    bold_clusters: int = 0
+    bold_cluster_sd: float = 0.0
 
     def __post_init__(self):
         if self.sidecar_slice_timing not in SIDECAR_SLICE_TIMING:
@@ -92,6 +117,10 @@ REALISM: dict[str, Realism] = {
         vibration_uv=2.0, clock_ppm=40.0, clocks_synchronised=False,
         sidecar_slice_timing="wrong", bcg_latency_jitter_s=0.01, bcg_shape_sd=0.15,
         bcg_resp_depth=0.3,
+        # BOLD: physiological noise about as large as the thermal noise (3 T, 3 mm voxels)
+        bold_hrf_variable=True, bold_ar1=0.5, bold_ar1_sd=0.003, bold_pink_sd=0.003,
+        bold_physio_sd=0.002, bold_drift_sd=0.005, bold_global_sd=0.003, bold_spikes=3,
+        bold_spike_mm=1.0, bold_clusters=6, bold_cluster_sd=0.005,
     ),
 }  # fmt: skip
 
