@@ -213,3 +213,26 @@ def test_short_run_keeps_valid_degrees_of_freedom():
     assert fit.local_test.df_den >= 1 and fit.ar_order == 1 and len(fit.shifts) == 11
     for test in (fit.global_test, fit.local_test):
         assert np.all((test.p > 0) & (test.p <= 1)) and np.isfinite(test.f).all()
+
+
+def test_confound_selection_prefix_and_spike_guard(caplog):
+    """``motion_outlier*`` picks every spike column; spikes that would leave fewer than 2
+    residual degrees of freedom are dropped with a warning, the other confounds kept."""
+    rng = np.random.default_rng(3)
+    n = 30
+    table = pd.DataFrame(rng.normal(size=(n, 3)), columns=["trans_x", "global_signal", "csf"])
+    for k in range(4):
+        table[f"motion_outlier{k:02d}"] = np.eye(n)[5 + k]
+    picked = cp.select_confounds(table, ("global_signal", "motion_outlier*", "absent"))
+    assert list(picked.columns) == ["global_signal"] + [f"motion_outlier{k:02d}" for k in range(4)]
+    assert cp.select_confounds(None, ("trans_x",)) is None
+    times = np.arange(n) * TR + TR / 2
+    kept = cp.run_nuisance(times, table, ("trans_x", "motion_outlier*"), high_pass_hz=0.01,
+                           n_basis=3, max_ar_order=4)
+    assert "motion_outlier03" in kept.columns  # 30 - 9 - 6 - 4 = 11 dof
+    with caplog.at_level("WARNING"):
+        short = cp.run_nuisance(times[:14], table, ("trans_x", "motion_outlier*"),
+                                high_pass_hz=0.01, n_basis=3, max_ar_order=4)
+    assert "trans_x" in short.columns
+    assert not any(c.startswith("motion_outlier") for c in short.columns)
+    assert "Dropping 4 motion-outlier spike columns" in caplog.text
