@@ -54,18 +54,22 @@ class HRF:
         Scale of the response gamma (1.0 is SPM's).
     undershoot : float
         Undershoot amplitude ratio (SPM: 1/6); the undershoot peaks 10 s after the response.
+    delay_s : float
+        Pure delay of the whole response (onset later by this much).
     """
 
     peak_s: float = 5.0
     dispersion: float = 1.0
     undershoot: float = 1 / 6
+    delay_s: float = 0.0
 
     def kernel(self, dt: float, length_s: float = 40.0) -> np.ndarray:
         """The HRF sampled every ``dt`` seconds, unit sum."""
-        t = np.arange(0.0, length_s, dt)
+        t = np.arange(0.0, length_s, dt) - self.delay_s
         d = self.dispersion
         h = stats.gamma.pdf(t, self.peak_s / d + 1, scale=d)
         h -= self.undershoot * stats.gamma.pdf(t, (self.peak_s + 10.0) / d + 1, scale=d)
+        h = np.where(t > 0, h, 0.0)
         return h / h.sum()
 
 
