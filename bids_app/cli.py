@@ -199,7 +199,9 @@ def build_subcommand_parser() -> argparse.ArgumentParser:
                    "hard: per-slice gradient waveforms, amplitude changes, a head movement, "
                    "vibration lines, drifting clocks, wrong SliceTiming in the BOLD sidecar, "
                    "variable pulse artifact, jittered electrodes, a head model unlike the "
-                   "inverse's, extended non-stationary sources (recorded in "
+                   "inverse's, extended non-stationary sources; BOLD with region-specific "
+                   "HRFs, AR(1), 1/f and aliased physiological noise, drift, a global signal, "
+                   "motion spikes and non-planted signal clusters (recorded in "
                    "sourcedata/simulation/realism.json)")
     p = sub.add_parser("download", help="download (a subset of) a public release")
     p.add_argument("dataset", choices=("natview",), help="public release to download")

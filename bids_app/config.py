@@ -147,8 +147,13 @@ class CouplingConfig:
     n_shifts: int = 20
     min_shift_s: float = 30.0
     n_null_voxels: int = 10000
+    # a trailing "*" picks every column with that prefix ("motion_outlier*": one spike
+    # column per outlier volume, dropped with a warning when they would leave < 2 residual
+    # degrees of freedom; not a default: with AR(p > 1) prewhitening they made the
+    # circular-shift null heavy-tailed on hard simulated data, see docs/methods.md)
     confounds: tuple[str, ...] = (
         "trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z", "csf", "white_matter",
+        "global_signal",
     )
     n_peaks: int = 5
 

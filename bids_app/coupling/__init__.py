@@ -34,6 +34,8 @@ from bids_app.coupling.design import (
     hrf_matrix,
     nuisance_design,
     residualize,
+    run_nuisance,
+    select_confounds,
     standardize,
 )
 from bids_app.coupling.glm import BlockTest, CouplingGLM, circular_shifts, fit_coupling_glm
@@ -43,6 +45,7 @@ from bids_app.coupling.tables import power_peaks, source_channel_table
 __all__ = [
     "FDR_FAMILY", "ARModel", "BandCoupling", "BlockTest", "CouplingGLM", "acquisition_times",
     "circular_shifts", "couple_bands", "fdr_bh", "fit_ar", "fit_coupling_glm", "hrf_matrix",
-    "local_correlation", "nuisance_design", "power_peaks", "residualize", "signed_z",
+    "local_correlation", "nuisance_design", "power_peaks", "residualize", "run_nuisance",
+    "select_confounds", "signed_z",
     "source_channel_table", "standardize", "z_to_q",
 ]

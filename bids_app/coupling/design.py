@@ -9,9 +9,16 @@ is wider, than the canonical one is still captured by the span of the three colu
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 from nilearn.glm.first_level import compute_regressor, make_first_level_design_matrix
+
+logger = logging.getLogger(__name__)
+
+#: Prefix of the one-volume spike columns (fMRIPrep's ``motion_outlierNN``).
+SPIKE_PREFIX = "motion_outlier"
 
 
 def acquisition_times(volume_onsets_s: np.ndarray, slice_time_ref_s: float) -> np.ndarray:
@@ -75,6 +82,55 @@ def nuisance_design(frame_times: np.ndarray, confounds: pd.DataFrame | None, *,
     return make_first_level_design_matrix(np.asarray(frame_times, float), events=None,
                                           drift_model="cosine", high_pass=high_pass_hz,
                                           add_regs=add, add_reg_names=names)
+
+
+def select_confounds(confounds: pd.DataFrame | None, names: tuple[str, ...] | list[str]
+                     ) -> pd.DataFrame | None:
+    """Columns of ``confounds`` named in ``names``; a name ending in ``*`` is a prefix.
+
+    ``motion_outlier*`` picks every spike column (``motion_outlier00``, ...), however many
+    the run has. Columns keep the order of ``names``; missing ones are skipped.
+    """
+    if confounds is None:
+        return None
+    cols: list[str] = []
+    for name in names:
+        if name.endswith("*"):
+            cols += [c for c in confounds.columns if str(c).startswith(name[:-1])]
+        elif name in confounds.columns:
+            cols.append(name)
+    return confounds[list(dict.fromkeys(cols))]
+
+
+def residual_dof(n_frames: int, nuisance: np.ndarray, n_basis: int, max_ar_order: int
+                 ) -> int:
+    """Residual degrees of freedom of the source-resolved test (global + local blocks)."""
+    return int(n_frames - np.linalg.matrix_rank(nuisance) - 2 * n_basis - max_ar_order)
+
+
+def run_nuisance(frame_times: np.ndarray, confounds: pd.DataFrame | None,
+                 names: tuple[str, ...] | list[str], *, high_pass_hz: float, n_basis: int,
+                 max_ar_order: int) -> pd.DataFrame:
+    """Nuisance design of one run from the configured confound ``names``.
+
+    Spike columns (``motion_outlier*``) remove one volume each; when they would leave the
+    source-resolved test fewer than 2 residual degrees of freedom
+    (:func:`residual_dof`), they are dropped with a warning and the other confounds kept.
+    """
+    conf = select_confounds(confounds, names)
+    if conf is not None:
+        conf = conf.iloc[: len(frame_times)]
+    design = nuisance_design(frame_times, conf, high_pass_hz=high_pass_hz)
+    spikes = [] if conf is None else [c for c in conf.columns
+                                      if str(c).startswith(SPIKE_PREFIX)]
+    if spikes and residual_dof(len(frame_times), design.to_numpy(float), n_basis,
+                               max_ar_order) < 2:
+        logger.warning("Dropping %d motion-outlier spike columns: with them the coupling "
+                       "GLM of %d volumes would have fewer than 2 residual degrees of "
+                       "freedom.", len(spikes), len(frame_times))
+        design = nuisance_design(frame_times, conf.drop(columns=spikes),
+                                 high_pass_hz=high_pass_hz)
+    return design
 
 
 def residualize(y: np.ndarray, design: np.ndarray) -> np.ndarray:

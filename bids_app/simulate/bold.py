@@ -35,6 +35,8 @@ from scipy import ndimage, stats
 from bids_app.fmri.motion import grid_center, rigid_matrix, rotation_matrix
 from bids_app.fmri.template import load_template
 from bids_app.natview import facts as nv
+from bids_app.simulate.bold_hard import HRF, bold_effects_on, draw_hrf, hard_bold
+from bids_app.simulate.realism import Realism, resolve_realism
 from bids_app.simulate.scenario import Scale, sources_for_task
 
 logger = logging.getLogger(__name__)
@@ -99,6 +101,9 @@ class BoldSim:
         Source name -> planted fractional signal change, shape (n_volumes, n_slices).
     brain_mask : nib.Nifti1Image
         Native brain mask on the BOLD grid (motion-free position).
+    hard : dict
+        Hard-mode truth (empty for ideal data): ``hrf`` (source -> peak_s, dispersion,
+        undershoot), ``spike_volumes`` and ``clusters`` (:mod:`bids_app.simulate.bold_hard`).
     """
 
     bold: nib.Nifti1Image
@@ -110,6 +115,7 @@ class BoldSim:
     tr: float
     regressors: dict[str, np.ndarray] = field(default_factory=dict)
     brain_mask: nib.Nifti1Image | None = None
+    hard: dict = field(default_factory=dict)
 
 
 def centered_affine(shape: tuple[int, int, int], voxel_mm: tuple[float, ...]) -> np.ndarray:
@@ -161,10 +167,12 @@ def spm_hrf(dt: float, *, time_length: float = 32.0) -> np.ndarray:
     return hrf / hrf.sum()
 
 
-def _regressor(power: np.ndarray, times_s: np.ndarray) -> np.ndarray:
-    """HRF-convolved, standardised source power sampled at ``times_s``."""
+def _regressor(power: np.ndarray, times_s: np.ndarray, hrf_shape: HRF | None = None
+               ) -> np.ndarray:
+    """HRF-convolved (SPM canonical, or ``hrf_shape``), standardised power at ``times_s``."""
     power = np.asarray(power, dtype=float)
-    hrf = spm_hrf(1.0 / POWER_SFREQ)
+    dt = 1.0 / POWER_SFREQ
+    hrf = spm_hrf(dt) if hrf_shape is None else hrf_shape.kernel(dt)
     conv = np.convolve(power - power.mean(), hrf)[: len(power)]
     conv = (conv - conv.mean()) / max(conv.std(), 1e-12)
     grid = np.arange(len(conv)) / POWER_SFREQ
@@ -265,6 +273,7 @@ def simulate_bold(
     motion: bool = True,
     anatomy: NativeToMNI | None = None,
     t1w: bool = True,
+    realism: str | Realism = "ideal",
 ) -> BoldSim:
     """Simulate one BOLD run of ``task`` and the subject's T1w.
 
@@ -298,6 +307,10 @@ def simulate_bold(
         Also simulate the T1w (drawn from ``rng`` after the BOLD, so the BOLD does not
         depend on it); False leaves ``BoldSim.t1w`` None (the orchestrator needs one per
         subject, not one per run).
+    realism : {"ideal", "hard"} or Realism
+        Its ``bold_*`` fields add region-specific HRFs, structured noise, motion spikes and
+        non-planted clusters (:mod:`bids_app.simulate.bold_hard`); ideal draws nothing
+        extra, so ideal output is unchanged.
 
     Returns
     -------
@@ -309,6 +322,9 @@ def simulate_bold(
     epi_affine = centered_affine(shape, voxel_size_mm)
     anatomy = _planted_anatomy(rng) if anatomy is None else anatomy
     planted_motion = _planted_motion(n_volumes, tr, rng) if motion else np.zeros((n_volumes, 6))
+    real = resolve_realism(realism)
+    hard_rng = (np.random.default_rng(rng.integers(2**63))
+                if real.bold_hrf_variable or bold_effects_on(real) else None)
     center = grid_center(shape, epi_affine)
     tissue = _tissue_images(1.0 if scale.t1w_voxel_mm < 1.5 else 2.0)
     t_aff = tissue["affine"]
@@ -317,11 +333,15 @@ def simulate_bold(
     active = [] if null else list(sources_for_task(task))
     acq = np.arange(n_volumes)[:, None] * tr + slice_times[None, :]
     regressors: dict[str, np.ndarray] = {}
+    hrf_truth: dict[str, list[float]] = {}
     for src in active:
         if source_power is None or src.name not in source_power:
             logger.warning("No power envelope for source %s; it is not coupled.", src.name)
             continue
-        reg = _regressor(np.asarray(source_power[src.name]), acq.ravel())
+        shape_ = draw_hrf(hard_rng) if real.bold_hrf_variable else None
+        if shape_ is not None:
+            hrf_truth[src.name] = [shape_.peak_s, shape_.dispersion, shape_.undershoot]
+        reg = _regressor(np.asarray(source_power[src.name]), acq.ravel(), shape_)
         regressors[src.name] = (src.bold_sign * COUPLING_AMPLITUDE * reg).reshape(acq.shape)
     sources = {s.name: s for s in active if s.name in regressors}
 
@@ -337,6 +357,11 @@ def simulate_bold(
     inside_head = ndimage.binary_dilation(head, iterations=2).ravel()
     pts, bias_in, slices_in = points[inside_head], bias[inside_head], slice_of[inside_head]
     drift_in = drift_slope[inside_head]
+    extra = None
+    if bold_effects_on(real):
+        extra = hard_bold(anatomy(pts), slices_in, acq, hard_rng, real,
+                          avoid_mm=[s.mni_mm for s in sources_for_task(task)])
+        planted_motion = planted_motion + extra.motion
     data = np.empty((len(points), n_volumes), dtype=np.float32)
     clean = np.zeros(len(points), dtype=np.float32)
     sigma = np.float32(noise_sigma)
@@ -346,6 +371,8 @@ def simulate_bold(
         base = _sample(tissue["epi_linear"], t_aff, m, 1) * bias_in
         frac_t = (acq[t, slices_in] / max(acq[-1, -1], tr)) - 0.5
         mod = 1.0 + drift_in * frac_t + 0.02 * frac_t + global_fluct[t]
+        if extra is not None:
+            mod = mod + extra.signal[t]
         if sources:
             brain = _sample(tissue["brain"], t_aff, m, 1)
             for name, src in sources.items():
@@ -384,6 +411,10 @@ def simulate_bold(
         tr=float(tr),
         regressors=regressors,
         brain_mask=brain_mask,
+        hard={} if hard_rng is None else {
+            "hrf": hrf_truth,
+            "spike_volumes": [] if extra is None else extra.spike_volumes.tolist(),
+            "clusters": [] if extra is None else extra.clusters},
     )
 
 

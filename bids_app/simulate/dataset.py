@@ -85,8 +85,8 @@ def simulate_dataset(
     seed : int
         Seed of :func:`numpy.random.default_rng`; the output is identical for a seed.
     realism : {"ideal", "hard"} | Realism
-        Realism of the MR artifacts and of the BOLD sidecar's SliceTiming
-        (:mod:`bids_app.simulate.realism`); recorded in ``sourcedata/simulation``.
+        Realism of the MR artifacts, of the BOLD sidecar's SliceTiming and of the BOLD
+        itself (:mod:`bids_app.simulate.realism`); recorded in ``sourcedata/simulation``.
 
     Returns
     -------
@@ -208,7 +208,8 @@ def _simulate_run(
     write_eyetracking(out_dir, subject, spec, eog, tl.sfreq)
     power = _power_from_first_volume(neural.source_power, tl)
     bold_sim = simulate_bold(
-        spec.task, spec.n_volumes, power, rng_bold, scale, null=null, t1w=t1w, **anatomy
+        spec.task, spec.n_volumes, power, rng_bold, scale, null=null, t1w=t1w, realism=real,
+        **anatomy,
     )
     write_run_bold(out_dir, subject, spec, tl, bold_sim, checker_blocks=blocks,
                    slice_timing=sidecar_slice_timing(tl.slice_times, nv.TR, real))

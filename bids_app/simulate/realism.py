@@ -35,6 +35,11 @@ recorded in the truth folder (``realism.json``):
   feature rhythms; the SSVEP stays locked to the flicker). The background is spatially
   correlated 1/f activity of 300 random dipoles in both modes (channel covariance
   ``L L^T``); in hard mode it passes through the jittered, mismatched head as well.
+
+BOLD effects (``bold_*`` fields, :mod:`bids_app.simulate.bold_hard`): region- and
+run-specific HRFs, AR(1) and 1/f noise, aliased cardiac and respiratory fluctuations, slow
+drift, a global signal, motion spikes (in the planted motion and so in the motion
+parameters the pipeline estimates) and non-planted signal clusters.
 """
 
 from __future__ import annotations
@@ -75,6 +80,14 @@ class Realism:
         Radius of the ball a patch fills.
     eeg_amplitude_modulation, eeg_frequency_drift_hz : float
         Non-stationary rhythms: modulation depth and maximum frequency offset (Hz).
+    bold_hrf_variable : bool
+        Every region of every run has its own HRF (peak 4-8 s, dispersion, undershoot).
+    bold_ar1, bold_ar1_sd, bold_pink_sd, bold_physio_sd, bold_drift_sd, bold_global_sd : float
+        AR(1) coefficient and noise sizes (fraction of the baseline signal; 0 disables).
+    bold_spikes : int
+        Sudden one-volume head movements of ``bold_spike_mm`` (mm).
+    bold_clusters : int
+        Non-planted signal clusters of ``bold_cluster_sd`` (fraction per SD of the driver).
     """
 
     name: str = "ideal"
@@ -94,6 +107,18 @@ class Realism:
     eeg_patch_radius_mm: float = 10.0
     eeg_amplitude_modulation: float = 0.0
     eeg_frequency_drift_hz: float = 0.0
+    # --- BOLD ---
+    bold_hrf_variable: bool = False
+    bold_ar1: float = 0.0
+    bold_ar1_sd: float = 0.0
+    bold_pink_sd: float = 0.0
+    bold_physio_sd: float = 0.0
+    bold_drift_sd: float = 0.0
+    bold_global_sd: float = 0.0
+    bold_spikes: int = 0
+    bold_spike_mm: float = 0.0
+    bold_clusters: int = 0
+    bold_cluster_sd: float = 0.0
 
     def __post_init__(self):
         if self.sidecar_slice_timing not in SIDECAR_SLICE_TIMING:
@@ -124,6 +149,10 @@ REALISM: dict[str, Realism] = {
         sidecar_slice_timing="wrong", bcg_latency_jitter_s=0.01, bcg_shape_sd=0.15,
         bcg_resp_depth=0.3, eeg_electrode_jitter_mm=7.5, eeg_head_offset_mm=4.0,
         eeg_patch_dipoles=24, eeg_amplitude_modulation=0.5, eeg_frequency_drift_hz=1.0,
+        # BOLD: physiological noise about as large as the thermal noise (3 T, 3 mm voxels)
+        bold_hrf_variable=True, bold_ar1=0.5, bold_ar1_sd=0.003, bold_pink_sd=0.003,
+        bold_physio_sd=0.002, bold_drift_sd=0.005, bold_global_sd=0.003, bold_spikes=3,
+        bold_spike_mm=1.0, bold_clusters=6, bold_cluster_sd=0.005,
     ),
 }  # fmt: skip
 

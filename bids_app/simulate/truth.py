@@ -276,6 +276,8 @@ def write_run_truth(
         comments="",
         fmt="%.6f",
     )
+    if getattr(bold_sim, "hard", None):
+        dump_json(truth / f"{stem}_boldhard.json", bold_sim.hard)
     deps = neural.dependency_windows.copy()
     # simulate_neural reports windows in stimulus time; the truth is in EEG-recording time.
     deps["onset_s"] = deps["onset_s"].astype(float) + tl.stim_onset_s
@@ -301,7 +303,12 @@ realism.json
     methods' model; "hard" adds per-slice gradient waveforms, volume-to-volume amplitude,
     a sudden head movement, vibration lines (in "line"), drifting clocks, a BOLD sidecar
     SliceTiming that is absent or wrong (the slices played are in slice_times), and
-    beat-to-beat BCG latency, shape and respiratory changes. Each effect is one field.
+    beat-to-beat BCG latency, shape and respiratory changes, and (bold_* fields) the BOLD
+    effects of bids_app.simulate.bold_hard. Each effect is one field.
+sub-XX/<run>_boldhard.json
+    Hard mode only: each planted source's HRF (peak s, dispersion, undershoot ratio), the
+    volumes with a motion spike (also in <run>_motion.tsv) and the non-planted clusters
+    (centre, radius, driver, HRF).
 stimuli/task-<task>_features.npz
     Stimulus features of the task's video at <fps> frames/s (one key per feature, time 0 =
     stimulus start = 'S  1' marker), feature onsets (onsets_<feature>, s), checker_on.

@@ -131,9 +131,9 @@ def run_coupling_workflow(run: Any, eeg: Any, fmri: Any, config: Any, writer: An
     bold = _bold_matrix(fmri.bold_mni, grid.voxel_ijk, n)
     frame_times = cp.acquisition_times(onsets, fmri.slice_time_ref_s)
     hrf = cp.hrf_matrix(onsets, fmri.tr, frame_times, hrf_model=ccfg.hrf_model)
-    conf = fmri.confounds
-    conf = None if conf is None else conf[[c for c in ccfg.confounds if c in conf]].iloc[:n]
-    nuisance = cp.nuisance_design(frame_times, conf, high_pass_hz=ccfg.high_pass_hz)
+    nuisance = cp.run_nuisance(frame_times, fmri.confounds, ccfg.confounds,
+                               high_pass_hz=ccfg.high_pass_hz, n_basis=hrf.shape[0],
+                               max_ar_order=ccfg.max_ar_order)
     bands = cp.couple_bands(
         {name: (maps.source_power[name], maps.channel_power[name]) for name, _, _ in scfg.bands},
         bold=bold, hrf=hrf, weights=grid.weights, nuisance=nuisance, rr_mm=grid.rr_mm,
