@@ -122,3 +122,23 @@ def test_derivatives_do_not_depend_on_the_truth_folder(demo, tmp_path):
     assert len(with_truth) > 20
     for name in ("sub-01.html", "group.html"):  # real data: no validation section
         assert 'id="validation"' not in (output / name).read_text()
+
+
+def test_demo_null_annotates_nothing(tmp_path):
+    """``demo --null`` (default scale and settings, every planted link removed, recorded
+    in the truth folder) annotates no EEG timestamp and no voxel (issue 17)."""
+    import pandas as pd
+
+    out = tmp_path / "demo-null"
+    code, printed, errors = _run(["demo", str(out), "--null", "-q"])
+    assert code == 0, printed + errors
+    assert "group level: stages run: group_report, masking, models" in printed
+    truth = json.loads((out / "raw" / "sourcedata" / "simulation" / "simulation.json")
+                       .read_text())
+    assert truth["null"] is True and truth["scale"] == "demo"
+    derivatives = out / "derivatives"
+    events = sorted(derivatives.glob("sub-*/**/eeg/*_desc-vaemask_events.tsv"))
+    voxels = sorted((derivatives / "group").glob("*_desc-vaemask_voxels.tsv"))
+    assert events and voxels, "masking wrote no annotation tables"
+    annotated = {p.name: len(pd.read_csv(p, sep="\t")) for p in events + voxels}
+    assert sum(annotated.values()) == 0, annotated
