@@ -1,0 +1,236 @@
+"""Does the demo find what it plants? VAE-1 skill, masking heads and annotations vs truth.
+
+Reads a finished ``eegfmri demo OUT`` folder (or first re-runs its group level with
+``--rerun``, optionally with other settings from ``--config-file``; the participant
+derivatives are reused) and prints, from the written outputs only:
+
+1. VAE-1 and VAE-2 held-out skill beside every baseline (``group/models/*.json``);
+2. per masking head (``desc-vaemask_effects.tsv``): units with q < level and how many of
+   them are planted (a timestamp inside a planted response window, a voxel whose block
+   holds a planted source's voxel; for the stimulus head, of the feature's source);
+3. the annotations (units significant in both VAEs) per planted (feature, source) link,
+   and their precision (annotated units with at least one planted feature).
+
+The truth is read from ``OUT/raw/sourcedata/simulation`` (the simulator's record); the
+pipeline never reads it. About 2-4 min with ``--rerun`` on 2 idle cores, seconds without.
+
+    python benchmarks/demo_signal.py demo_output [--rerun] [--config-file FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+LEVEL = 0.05
+
+
+def rerun_group(demo: Path, config_file: Path | None) -> None:
+    """Run the demo's group level again (same paths and seed as ``eegfmri demo``)."""
+    from bids_app.config import load_config
+    from bids_app.workflows.run import execute
+
+    info = json.loads((demo / "raw/sourcedata/simulation/simulation.json").read_text())
+    config = load_config(config_file).replace(
+        "execution", bids_dir=demo / "bids", output_dir=demo / "derivatives",
+        work_dir=demo / "work", random_seed=info["seed"], verbosity=-1,
+        skip_bids_validation=True, stimuli_dir=demo / "bids" / "stimuli",
+        analysis_level="group")
+    result = execute(config)
+    if result.exit_code:
+        raise SystemExit(f"group level failed: {[f.message for f in result.failures]}")
+
+
+def load_truth(demo: Path) -> dict:
+    """Planted response windows per run and planted voxel coordinates per source."""
+    sim = demo / "raw" / "sourcedata" / "simulation"
+    info = json.loads((sim / "simulation.json").read_text())
+    deps, feature_of, voxels = {}, {}, {}
+    for sub in sorted(sim.glob("sub-*")):
+        for tsv in sorted(sub.glob("*_dependencies.tsv")):
+            deps[tsv.name.replace("_dependencies.tsv", "")] = pd.read_csv(tsv, sep="\t")
+        for dip in sorted(sub.glob("*_dipoles.json")):
+            for d in json.loads(dip.read_text())["dipoles"]:
+                if d["feature"]:
+                    feature_of[d["name"]] = d["feature"]
+        for mask in sorted(sub.glob("*_source-*_mask.nii.gz")):
+            source = mask.name.split("_source-")[1].replace("_mask.nii.gz", "")
+            img = nib.load(mask)
+            mni = nib.affines.apply_affine(img.affine, np.argwhere(img.get_fdata() > 0))
+            voxels[source] = np.vstack([voxels.get(source, np.empty((0, 3))), mni])
+    return {"null": info["null"], "deps": deps, "feature_of": feature_of, "voxels": voxels}
+
+
+def _run_key(run_label: str) -> str:
+    """``sub/ses/task/run`` window label -> truth file stem."""
+    sub, ses, task, run = run_label.split("/")
+    return f"sub-{sub}_ses-{ses}_task-{task}" + ("" if run == "n/a" else f"_run-{run}")
+
+
+def planted_timestamp(truth: dict, key: str, time_s: np.ndarray, feature: str) -> np.ndarray:
+    """Whether each EEG time of run ``key`` lies in a planted window of ``feature``."""
+    deps = truth["deps"].get(key, pd.DataFrame(columns=["onset_s", "duration_s", "feature"]))
+    deps = deps[deps["feature"] == feature]
+    t = np.asarray(time_s, dtype=float)[:, None]
+    on, dur = deps["onset_s"].to_numpy()[None], deps["duration_s"].to_numpy()[None]
+    return ((t >= on) & (t <= on + dur)).any(axis=1)
+
+
+def planted_voxel(truth: dict, mni: np.ndarray, feature: str, half_mm: np.ndarray
+                  ) -> np.ndarray:
+    """Whether each (coarse) voxel's block holds a voxel of a source driven by ``feature``."""
+    hit = np.zeros(len(mni), bool)
+    for source, feat in truth["feature_of"].items():
+        if feat != feature or source not in truth["voxels"]:
+            continue
+        planted = truth["voxels"][source]
+        for i, c in enumerate(mni):
+            hit[i] |= bool(np.all(np.abs(planted - c) <= half_mm + 1e-6, axis=1).any())
+    return hit
+
+
+def skill(derivatives: Path) -> None:
+    for name in ("vae1", "vae2"):
+        path = derivatives / "group" / "models" / f"{name}.json"
+        if not path.exists():
+            print(f"{name}: not trained")
+            continue
+        for row in json.loads(path.read_text()).get("Baselines", []):
+            base = ", ".join(f"{k} {v:.4f}" for k, v in row["baselines"].items())
+            print(f"{name} | {row['metric']} | {row['value']:.4f} | {base} | margin "
+                  f"{row['margin']:+.4f} over {row['best_baseline']}")
+
+
+def masked_units(demo: Path, seed: int) -> dict:
+    """Voxel MNI coordinates, block half-size and EEG timestamp table of the masking.
+
+    Rebuilds the masked windows as the group level chose them with the default
+    ``[model]`` split settings and ``[masking] windows = "test"``.
+    """
+    from bids_app.config import ModelConfig
+    from bids_app.models.windows import load_windows, split_windows
+    from bids_app.workflows.masking import masking_data
+
+    windows = load_windows(demo / "work" / "group_models" / "windows")
+    mc = ModelConfig()
+    test = split_windows(windows.meta, by=mc.split_by, val_fraction=mc.val_fraction,
+                         test_fraction=mc.test_fraction, seed=seed)["test"]
+    if windows.stimulus is not None:
+        test = test[windows.meta["has_stimulus"].to_numpy()[test]]
+        test = test[np.isfinite(np.asarray(windows.stimulus[test])).any(axis=1)]
+    _, stamps = masking_data(windows, test)
+    stamps["key"] = [_run_key(r) for r in stamps["run"]]
+    half = np.sqrt((np.asarray(windows.mask_affine)[:3, :3] ** 2).sum(axis=0)) / 2
+    return {"mni": windows.voxel_mni(), "half_mm": half, "stamps": stamps,
+            "sfreq": windows.sfreq}
+
+
+def heads(derivatives: Path, truth: dict, units: dict) -> None:
+    """Significant units per masking head and how many of them are planted."""
+    effects = pd.read_csv(next((derivatives / "group").glob("*desc-vaemask_effects.tsv")),
+                          sep="\t")
+    features = sorted(set(truth["feature_of"].values()))
+    stamps = units["stamps"].set_index("unit")
+    by_kind = {"fmri": {f: planted_voxel(truth, units["mni"], f, units["half_mm"])
+                        for f in features},
+               "eeg": {f: np.zeros(len(stamps), bool) for f in features}}
+    for key, g in stamps.groupby("key"):
+        for f in features:
+            by_kind["eeg"][f][g.index.to_numpy()] = planted_timestamp(
+                truth, key, g["time_s"].to_numpy(), f)
+    for kind, per in by_kind.items():
+        n_any = int(np.logical_or.reduce(list(per.values())).sum())
+        print(f"{kind} units masked: {len(next(iter(per.values())))}, planted {n_any} ("
+              + ", ".join(f"{f} {int(v.sum())}" for f, v in per.items()) + ")")
+    for (kind, model, head), g in effects.groupby(["unit_kind", "model", "head"]):
+        sig = g[g["q"] < LEVEL]
+        sig_units = sig["unit"].unique().astype(int)
+        planted_any = np.logical_or.reduce(list(by_kind[kind].values()))
+        line = (f"{kind}/{model}/{head}: {len(sig_units)} of {g['unit'].nunique()} units "
+                f"with q < {LEVEL} ({len(sig)} unit x output pairs); planted among them: "
+                f"{int(planted_any[sig_units].sum())}")
+        if head == "stimulus" and len(sig):
+            hits = [f"{f} {int(by_kind[kind][f][s['unit'].astype(int)].sum())}/{len(s)}"
+                    for f, s in sig.groupby("feature") if f in by_kind[kind]]
+            line += f" (feature-matched: {', '.join(hits) or 'none'})"
+        print(line)
+
+
+def annotations(derivatives: Path, truth: dict, units: dict) -> dict[str, float]:
+    """Annotation counts per planted link and precision per unit kind."""
+    rows = []
+    for tsv in sorted(derivatives.glob("sub-*/**/eeg/*_desc-vaemask_events.tsv")):
+        key = tsv.name.split("_desc-")[0]
+        ev = pd.read_csv(tsv, sep="\t")
+        for _, e in ev.iterrows():
+            n = max(1, int(round(e["duration"] * units["sfreq"])))
+            for t in e["onset"] + np.arange(n) * e["duration"] / n:
+                rows.append({"kind": "eeg", "key": key, "time": t,
+                             "features": str(e["features"]).split("+")})
+    voxels = pd.concat([pd.read_csv(p, sep="\t") for p in
+                        (derivatives / "group").glob("*desc-vaemask_voxels.tsv")] or
+                       [pd.DataFrame(columns=["x", "y", "z", "features"])])
+    half_mm = units["half_mm"]
+    links = sorted((f, s) for s, f in truth["feature_of"].items())
+    counts = {link: {"eeg": 0, "fmri": 0} for link in links}
+    planted_units = {"eeg": 0, "fmri": 0}
+    totals = {"eeg": len(rows), "fmri": len(voxels)}
+    for r in rows:
+        hit = False
+        for f in r["features"]:
+            ok = bool(planted_timestamp(truth, r["key"], np.array([r["time"]]), f)[0])
+            hit |= ok
+            for link in links:
+                counts[link]["eeg"] += int(ok and link[0] == f)
+        planted_units["eeg"] += int(hit)
+    for _, v in voxels.iterrows():
+        hit = False
+        xyz = np.array([[v["x"], v["y"], v["z"]]], dtype=float)
+        for f in str(v["features"]).split("+"):
+            ok = bool(planted_voxel(truth, xyz, f, half_mm)[0])
+            hit |= ok
+            for link in links:
+                counts[link]["fmri"] += int(ok and link[0] == f)
+        planted_units["fmri"] += int(hit)
+    for (f, s), c in counts.items():
+        print(f"link {f} -> {s}: annotated planted EEG timestamps {c['eeg']}, voxels "
+              f"{c['fmri']}")
+    out = {}
+    for kind in ("eeg", "fmri"):
+        prec = planted_units[kind] / totals[kind] if totals[kind] else float("nan")
+        out[kind] = prec
+        print(f"annotated {kind} units: {totals[kind]}, planted {planted_units[kind]}, "
+              f"precision {prec:.3f}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("demo", type=Path, help="folder of a finished eegfmri demo")
+    parser.add_argument("--rerun", action="store_true", help="re-run the group level first")
+    parser.add_argument("--config-file", type=Path, help="settings of the re-run (TOML)")
+    args = parser.parse_args(argv)
+    demo = args.demo.absolute()
+    if args.rerun:
+        rerun_group(demo, args.config_file)
+    truth = load_truth(demo)
+    derivatives = demo / "derivatives"
+    print(f"demo {demo} (null variant: {truth['null']})")
+    seed = json.loads((demo / "raw/sourcedata/simulation/simulation.json").read_text())["seed"]
+    units = masked_units(demo, seed)
+    skill(derivatives)
+    heads(derivatives, truth, units)
+    annotations(derivatives, truth, units)
+
+
+if __name__ == "__main__":
+    main()
