@@ -35,10 +35,15 @@ LEVEL = 0.05
 
 
 def rerun_group(demo: Path, config_file: Path | None) -> None:
-    """Run the demo's group level again (same paths and seed as ``eegfmri demo``)."""
+    """Run the demo's group level again (same paths and seed as ``eegfmri demo``), from
+    scratch (the training checkpoints are deleted)."""
+    import shutil
+
     from bids_app.config import load_config
     from bids_app.workflows.run import execute
 
+    # training resumes from checkpoints: a re-run with other settings must start afresh
+    shutil.rmtree(demo / "work" / "group_models" / "checkpoints", ignore_errors=True)
     info = json.loads((demo / "raw/sourcedata/simulation/simulation.json").read_text())
     config = load_config(config_file).replace(
         "execution", bids_dir=demo / "bids", output_dir=demo / "derivatives",
