@@ -77,7 +77,7 @@ def load_truth(demo: Path) -> dict:
 
 def _run_key(run_label: str) -> str:
     """``sub/ses/task/run`` window label -> truth file stem."""
-    sub, ses, task, run = run_label.split("/")
+    sub, ses, task, run = run_label.split("/", 3)
     return f"sub-{sub}_ses-{ses}_task-{task}" + ("" if run == "n/a" else f"_run-{run}")
 
 
