@@ -163,11 +163,28 @@ def heads(derivatives: Path, truth: dict, units: dict) -> None:
         line = (f"{kind}/{model}/{head}: {len(sig_units)} of {g['unit'].nunique()} units "
                 f"with q < {LEVEL} ({len(sig)} unit x output pairs); planted among them: "
                 f"{int(planted_any[sig_units].sum())}")
+        line += _separation(g, planted_any)
         if head == "stimulus" and len(sig):
             hits = [f"{f} {int(by_kind[kind][f][s['unit'].astype(int)].sum())}/{len(s)}"
                     for f, s in sig.groupby("feature") if f in by_kind[kind]]
             line += f" (feature-matched: {', '.join(hits) or 'none'})"
         print(line)
+
+
+def _separation(g: pd.DataFrame, planted: np.ndarray) -> str:
+    """Smallest p of the head, and the AUROC of planted vs other units by their min p."""
+    p = g.groupby("unit")["p"].min()
+    units = p.index.to_numpy().astype(int)
+    is_planted = planted[units]
+    if not np.isfinite(p).any():
+        return "; no finite p"
+    text = f"; min p {p.min():.2g}, units with p < .001: {int((p < 1e-3).sum())}"
+    if 0 < is_planted.sum() < len(units):
+        ranks = pd.Series(-p.to_numpy()).rank().to_numpy()  # small p = high rank
+        n1, n0 = int(is_planted.sum()), int((~is_planted).sum())
+        auc = (ranks[is_planted].sum() - n1 * (n1 + 1) / 2) / (n1 * n0)
+        text += f", AUROC planted vs other (min p) {auc:.3f}"
+    return text
 
 
 def annotations(derivatives: Path, truth: dict, units: dict) -> dict[str, float]:
