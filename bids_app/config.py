@@ -159,10 +159,6 @@ class ModelConfig:
 
     eeg_window_s: float = 8.4
     eeg_window_sfreq: float = 25.0
-    # what a window row holds: "envelope" (log band power of each channel in each
-    # [source] band that fits the EEG's rate, computed before resampling; the
-    # EEG-informed fMRI feature) or "raw" (the EEG itself, resampled)
-    eeg_window_features: str = "envelope"
     latent_dim: int = 16
     hidden_dim: int = 256
     fusion: str = "poe"
@@ -174,11 +170,8 @@ class ModelConfig:
     # "" for none, "all" for unrestricted residuals) say about the other modality
     pca_init: bool = True
     pca_mode: str = "block"
-    # "block": each modality owns at least this fraction of the latent dimensions (the
-    # ELBO weighs both modalities equally; 0: share out by balanced eigenvalue alone)
-    latent_min_share: float = 0.5
     expert_precision: float = 100.0
-    cross_experts: str = "eeg,fmri"
+    cross_experts: str = "eeg"
     # those experts read the scores of their modality's leading principal components
     # (0: random projections of the whole window)
     expert_inputs: int = 16

@@ -65,7 +65,7 @@ def band_edges(sfreq: float | None) -> list[tuple[float, float]]:
 
 
 def band_power_features(
-    eeg: np.ndarray, sfreq: float | None, *, n_subwindows: int = 4, envelopes: bool = False
+    eeg: np.ndarray, sfreq: float | None, *, n_subwindows: int = 4
 ) -> np.ndarray:
     """Per-channel EEG band power in consecutive sub-windows of each window.
 
@@ -77,23 +77,15 @@ def band_power_features(
         Window sampling rate (Hz); None: one broadband band.
     n_subwindows : int
         Equal consecutive sub-windows per window (``numpy.array_split`` of ``T``).
-    envelopes : bool
-        The window rows are already log band-power envelopes (``[model]
-        eeg_window_features = "envelope"``, one row per channel and band): the feature
-        is each row's mean over the sub-window (``sfreq`` is not used).
 
     Returns
     -------
     numpy.ndarray
         ``(n, C * n_subwindows * n_bands)`` float64, channel-major, then sub-window, then
         band: the periodogram power summed over the band's bins, divided by the
-        sub-window length (the sub-window variance when one band covers all bins); with
-        ``envelopes``, ``(n, R * n_subwindows)`` (row-major, then sub-window).
+        sub-window length (the sub-window variance when one band covers all bins).
     """
     eeg = np.asarray(eeg, dtype=np.float64)
-    if envelopes:
-        means = [seg.mean(-1) for seg in np.array_split(eeg, n_subwindows, axis=-1)]
-        return np.stack(means, axis=2).reshape(len(eeg), -1)
     bands = band_edges(sfreq)
     feats = []
     for seg in np.array_split(eeg, n_subwindows, axis=-1):
@@ -212,7 +204,6 @@ def fit_eeg_to_fmri_ridge(
     *,
     n_subwindows: int = 4,
     seed: int = 0,
-    envelopes: bool = False,
     max_windows: int = 2000,
 ) -> Callable[[np.ndarray], np.ndarray]:
     """Voxel-wise ridge of fMRI on EEG band power (the EEG-informed fMRI baseline).
@@ -230,8 +221,6 @@ def fit_eeg_to_fmri_ridge(
         Sub-windows of each window (the lag structure the ridge can learn).
     seed, max_windows : int
         Subsample of the training windows.
-    envelopes : bool
-        EEG windows of log band-power envelopes (see :func:`band_power_features`).
 
     Returns
     -------
@@ -242,12 +231,10 @@ def fit_eeg_to_fmri_ridge(
     val = _subsample(val_idx, max_windows, seed)
 
     def features(idx: np.ndarray) -> np.ndarray:
-        return band_power_features(arrays["eeg"][idx], sfreq, n_subwindows=n_subwindows,
-                                   envelopes=envelopes)
+        return band_power_features(arrays["eeg"][idx], sfreq, n_subwindows=n_subwindows)
 
     fit = fit_ridge(features(train), arrays["fmri"][train], features(val), arrays["fmri"][val])
-    return lambda eeg: fit.predict(band_power_features(eeg, sfreq, n_subwindows=n_subwindows,
-                                                       envelopes=envelopes))
+    return lambda eeg: fit.predict(band_power_features(eeg, sfreq, n_subwindows=n_subwindows))
 
 
 STIMULUS_INPUTS = ("eeg_band_power", "fmri", "both")
@@ -261,7 +248,6 @@ def fit_stimulus_ridge(
     *,
     n_subwindows: int = 4,
     seed: int = 0,
-    envelopes: bool = False,
     max_windows: int = 2000,
 ) -> tuple[Callable[[np.ndarray], np.ndarray], list[str]]:
     """Ridge of each stimulus feature on VAE-2's inputs (the VAE-2 baseline).
@@ -281,8 +267,6 @@ def fit_stimulus_ridge(
         Window sampling rate.
     n_subwindows, seed, max_windows : int
         As in :func:`fit_eeg_to_fmri_ridge`.
-    envelopes : bool
-        As in :func:`fit_eeg_to_fmri_ridge`.
 
     Returns
     -------
@@ -296,8 +280,7 @@ def fit_stimulus_ridge(
     val = _subsample(val_idx, max_windows, seed)
 
     def inputs(idx: np.ndarray) -> dict[str, np.ndarray]:
-        eeg = band_power_features(arrays["eeg"][idx], sfreq, n_subwindows=n_subwindows,
-                                  envelopes=envelopes)
+        eeg = band_power_features(arrays["eeg"][idx], sfreq, n_subwindows=n_subwindows)
         fmri = np.asarray(arrays["fmri"][idx], dtype=np.float64)
         return {"eeg_band_power": eeg, "fmri": fmri, "both": np.hstack([eeg, fmri])}
 

@@ -85,7 +85,6 @@ def fit_block_pca(
     seed: int = 0,
     max_windows: int = 2000,
     n_leading: int = 0,
-    min_components: int = 0,
 ) -> dict[str, Any]:
     """Per-modality PCA with the components shared out by balanced eigenvalue.
 
@@ -98,10 +97,6 @@ def fit_block_pca(
     ``n_leading`` > 0 also returns each modality's ``n_leading`` leading components
     (``"leading"``, ``(n_leading, D_m)``) and the standard deviations of their scores
     over the windows (``"leading_sd"``), whatever the share-out.
-
-    ``min_components`` > 0 guarantees each modality that many components (at most half
-    of ``n_components``): the modality short of them takes the other's smallest-ranked
-    ones.
 
     Returns
     -------
@@ -129,16 +124,7 @@ def fit_block_pca(
             parts[name]["leading_sd"] = np.sqrt(np.maximum(evals[top[:n_leading]], 0) / len(x))
         ranked += [(float(ev), name, i) for i, ev in enumerate(evals[top[:n_components]])]
     ranked.sort(key=lambda r: -r[0])
-    floor = min(int(min_components), n_components // 2)
-    chosen = ranked[:n_components]
-    for name in ("eeg", "fmri"):
-        short = floor - sum(r[1] == name for r in chosen)
-        if short > 0:
-            extra = [r for r in ranked[n_components:] if r[1] == name][:short]
-            drop = [i for i in range(len(chosen) - 1, -1, -1) if chosen[i][1] != name][:short]
-            chosen = [r for i, r in enumerate(chosen) if i not in drop] + extra
-            chosen.sort(key=lambda r: -r[0])
-    owner = np.array([name for _, name, _ in chosen])
+    owner = np.array([name for _, name, _ in ranked[:n_components]])
     for name, part in parts.items():
         k = int(np.sum(owner == name))
         part["components"] = part.pop("all")[:k]
@@ -157,7 +143,6 @@ def evaluate_vae1(
     planted_voxels: np.ndarray | None = None,
     val_idx: np.ndarray | None = None,
     sfreq: float | None = None,
-    envelopes: bool = False,
 ) -> dict[str, Any]:
     """Held-out evaluation of VAE-1 beside PCA and band-power ridge baselines.
 
@@ -190,8 +175,6 @@ def evaluate_vae1(
         Validation windows (ridge penalties); None leaves the ridge out.
     sfreq : float | None
         EEG window rate (band-power bands); None: one broadband band.
-    envelopes : bool
-        EEG windows of log band-power envelopes (the ridge reads their sub-window means).
 
     Returns
     -------
@@ -213,8 +196,7 @@ def evaluate_vae1(
     eeg_pinv = np.linalg.pinv(comp[:, :d].T)
     ridge = None
     if val_idx is not None and len(val_idx):
-        ridge = fit_eeg_to_fmri_ridge(arrays, train_idx, val_idx, sfreq, seed=seed,
-                                      envelopes=envelopes)
+        ridge = fit_eeg_to_fmri_ridge(arrays, train_idx, val_idx, sfreq, seed=seed)
         ev["ridge_eeg_to_fmri"] = _EV()
     ridge_preds = []
     for s in range(0, len(test_idx), chunk):
@@ -283,7 +265,6 @@ def evaluate_vae2(
     train_idx: np.ndarray | None = None,
     val_idx: np.ndarray | None = None,
     sfreq: float | None = None,
-    envelopes: bool = False,
 ) -> dict[str, Any]:
     """Held-out stimulus prediction of VAE-2 and its ridge baseline, with a shift null.
 
@@ -309,8 +290,6 @@ def evaluate_vae2(
         Training and validation windows of the ridge baseline.
     sfreq : float | None
         EEG window rate (band-power bands).
-    envelopes : bool
-        EEG windows of log band-power envelopes (the ridge reads their sub-window means).
 
     Returns
     -------
@@ -329,8 +308,7 @@ def evaluate_vae2(
                                                       n_permutations=n_permutations)}
     out["mean_r"] = _mean_r(out["features"])
     if train_idx is not None and val_idx is not None and len(train_idx) and len(val_idx):
-        ridge, inputs = fit_stimulus_ridge(arrays, train_idx, val_idx, sfreq, seed=seed,
-                                           envelopes=envelopes)
+        ridge, inputs = fit_stimulus_ridge(arrays, train_idx, val_idx, sfreq, seed=seed)
         scores = score_stimulus(ridge(test_idx), true, groups, names, seed=seed,
                                 n_permutations=n_permutations)  # fmt: skip
         for name, chosen in zip(names, inputs):

@@ -132,7 +132,7 @@ def _set_own_paths(model: MultimodalVAE, n_lat: int, part: dict[str, np.ndarray]
 
 def _linear_parts(
     arrays: Mapping[str, np.ndarray], idx: np.ndarray, n_lat: int, mode: str, seed: int,
-    max_windows: int, n_leading: int = 0, min_components: int = 0,
+    max_windows: int, n_leading: int = 0,
 ) -> dict[str, dict[str, np.ndarray]]:
     """Per modality: ``weight`` (L, D_m), ``bias`` (L,) of the unscaled partial scores,
     ``loading`` (D_m, L) and ``offset`` (D_m,) of the reconstruction, ``own`` (L,) bool;
@@ -151,7 +151,7 @@ def _linear_parts(
                            "own": np.ones(n_lat, bool)}  # fmt: skip
         return parts
     pca = fit_block_pca(arrays, idx, n_lat, seed=seed, max_windows=max_windows,
-                        n_leading=n_leading, min_components=min_components)  # fmt: skip
+                        n_leading=n_leading)  # fmt: skip
     parts = {}
     for name in ("eeg", "fmri"):
         bp = pca[name]
@@ -183,7 +183,6 @@ def init_from_pca(
     cross_experts: tuple[str, ...] | None = None,
     expert_inputs: int = 0,
     max_windows: int = 2000,
-    min_share: float = 0.0,
 ) -> MultimodalVAE:
     """Initialise the linear paths of VAE-1 from a PCA of the training windows.
 
@@ -232,11 +231,6 @@ def init_from_pca(
         projections. Reduced (with a warning) to what ``hidden_dim`` holds.
     max_windows : int
         Windows used by the PCA.
-    min_share : float
-        ``"block"`` only: each modality owns at least this fraction of the latent
-        dimensions (at most 0.5; 0: the balanced-eigenvalue share-out alone). Without
-        it, a modality of small eigenvalues (e.g. fMRI beside EEG) may own one
-        dimension, and the other modality's expert can predict only that one.
 
     Returns
     -------
@@ -260,8 +254,7 @@ def init_from_pca(
                        "using %d.", n_inputs, model.hidden_dim, n_lat, max(room, 0))  # fmt: skip
         n_inputs = max(room, 0)
     parts = _linear_parts(arrays, idx, n_lat, mode, seed, max_windows,
-                          n_leading=max(n_inputs, own_rank),
-                          min_components=int(np.floor(min_share * n_lat)))  # fmt: skip
+                          n_leading=max(n_inputs, own_rank))  # fmt: skip
     # standard deviation of each latent's score over the training windows
     score = sum(
         np.asarray(arrays[n][idx], dtype=np.float64).reshape(len(idx), -1) @ p["weight"].T

@@ -47,7 +47,6 @@ def eeg_windows(
     window_s: float,
     out_sfreq: float,
     first_time: float = 0.0,
-    bands: tuple[tuple[str, float, float], ...] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cut the EEG segments preceding each volume, resampled to ``out_sfreq``.
 
@@ -65,27 +64,17 @@ def eeg_windows(
         Sampling rate of the windows (anti-aliased polyphase resampling of the run).
     first_time : float
         Time of the first EEG sample.
-    bands : tuple of (name, low, high), optional
-        When given, each window row is the log band power of one channel in one band
-        (:func:`~bids_app.models.envelopes.band_envelopes`; channel-major rows
-        ``c * B + b``) instead of the EEG itself, computed at ``sfreq`` before the
-        resampling, so bands above ``out_sfreq / 2`` are kept.
 
     Returns
     -------
     windows : numpy.ndarray
-        ``(n_kept, C, T)`` float32 (``(n_kept, C * B, T)`` with ``bands``),
-        ``T = round(window_s * out_sfreq)``.
+        ``(n_kept, C, T)`` float32, ``T = round(window_s * out_sfreq)``.
     kept : numpy.ndarray of bool
         Which volumes have a complete EEG segment.
     """
     n_t = int(round(window_s * out_sfreq))
-    eeg = np.asarray(eeg, dtype=np.float64)
-    if bands is not None:
-        from bids_app.models.envelopes import band_envelopes
-
-        eeg = band_envelopes(eeg, sfreq, bands)
-    data = mne.filter.resample(eeg, up=out_sfreq, down=sfreq, npad="auto", verbose=False)
+    data = mne.filter.resample(np.asarray(eeg, dtype=np.float64), up=out_sfreq, down=sfreq,
+                               npad="auto", verbose=False)  # fmt: skip
     data = zscore(data, axis=1)
     n = data.shape[1]
     # sample positions (in resampled samples) of each window timestamp
@@ -143,9 +132,6 @@ class WindowSet:
         The F features.
     directory : Path | None
         Where the arrays are stored, if memory-mapped.
-    eeg_features : str
-        What an EEG row holds: ``"raw"`` (a channel's EEG) or ``"envelope"`` (a channel's
-        log band power in one band; ``channel_names`` reads ``"<channel>/<band>"``).
     """
 
     eeg: np.ndarray
@@ -159,7 +145,6 @@ class WindowSet:
     stimulus: np.ndarray | None = None
     feature_names: list[str] = field(default_factory=list)
     directory: Path | None = None
-    eeg_features: str = "raw"
 
     def __len__(self) -> int:
         return len(self.meta)
@@ -366,8 +351,7 @@ class WindowStore:
         """Flush, write the metadata and return the memory-mapped :class:`WindowSet`.
 
         ``attrs`` are the WindowSet fields other than the arrays and ``meta``
-        (channel_names, sfreq, voxel_indices, mask_affine, mask_shape, feature_names,
-        eeg_features).
+        (channel_names, sfreq, voxel_indices, mask_affine, mask_shape, feature_names).
         """
         for arr in (self._eeg, self._fmri, self._stim):
             if arr is not None:
@@ -383,7 +367,6 @@ class WindowStore:
             "mask_affine": np.asarray(attrs["mask_affine"]).tolist(),
             "mask_shape": list(attrs["mask_shape"]),
             "feature_names": list(attrs.get("feature_names", [])),
-            "eeg_features": str(attrs.get("eeg_features", "raw")),
         }
         (self.directory / "windows.json").write_text(json.dumps(info, indent=2))
         return load_windows(self.directory)
@@ -408,5 +391,4 @@ def load_windows(directory: Path) -> WindowSet:
         stimulus=stimulus,
         feature_names=info["feature_names"],
         directory=directory,
-        eeg_features=info.get("eeg_features", "raw"),
     )

@@ -75,8 +75,7 @@ def initialise_vae1(model: Any, arrays: Any, train_idx: np.ndarray, mc: Any, *,
     init_from_pca(model, arrays, train_idx, mode=mc.pca_mode, seed=seed,
                   expert_precision=mc.expert_precision, freeze_linear=restrict,
                   cross_experts=cross if restrict else None,
-                  expert_inputs=mc.expert_inputs,
-                  min_share=mc.latent_min_share)  # fmt: skip
+                  expert_inputs=mc.expert_inputs)  # fmt: skip
 
 
 def train_group_models(
@@ -143,10 +142,8 @@ def train_group_models(
         offsets = calibrate_experts(models["vae1"], arrays, sp["val"])
         results["vae1"].extra["expert_logvar_offsets"] = offsets
     test = sp["test"] if len(sp["test"]) else sp["val"]
-    envelopes = windows.eeg_features == "envelope"
     metrics["vae1"] = evaluate_vae1(models["vae1"], arrays, sp["train"], test, seed=seed,
-                                    val_idx=sp["val"], sfreq=windows.sfreq,
-                                    envelopes=envelopes)  # fmt: skip
+                                    val_idx=sp["val"], sfreq=windows.sfreq)  # fmt: skip
     if windows.stimulus is not None and windows.meta["has_stimulus"].any():
         has = windows.meta["has_stimulus"].to_numpy()
         splits["vae2"] = {k: v[has[v]] for k, v in sp.items()}
@@ -162,8 +159,7 @@ def train_group_models(
             groups = windows.run_labels()[test2]
             metrics["vae2"] = evaluate_vae2(models["vae2"], arrays, test2, groups, seed=seed,
                                             train_idx=s2["train"], val_idx=s2["val"],
-                                            sfreq=windows.sfreq,
-                                            envelopes=envelopes)  # fmt: skip
+                                            sfreq=windows.sfreq)  # fmt: skip
         else:
             logger.warning("VAE-2 not trained: stimulus windows fall in one fold only.")
     else:
@@ -224,7 +220,6 @@ def run_models_workflow(output_dir: Path, config: Any, writer: Any) -> ModelsRes
     data = {"n_windows": len(windows), "n_runs": int(len(np.unique(windows.run_labels()))),
             "subjects": sorted(windows.meta["subject"].astype(str).unique()),
             "eeg_channels": windows.channel_names, "eeg_sfreq": windows.sfreq,
-            "eeg_window_features": windows.eeg_features,
             "eeg_window_s": config.model.eeg_window_s, "n_voxels": int(windows.fmri.shape[1]),
             "voxel_size_mm": np.sqrt((np.asarray(windows.mask_affine)[:3, :3] ** 2)
                                      .sum(axis=0)).round(3).tolist(),

@@ -153,8 +153,6 @@ def build_group_windows(
                                     .ch_names) for h in headers))  # fmt: skip
     order = [c for c in nv.EEG_CHANNELS if c in common]
     channels = order + sorted(common - set(order))
-    bands = _window_bands(config, min(h.info["sfreq"] for h in headers))
-    rows = channels if bands is None else [f"{c}/{b[0]}" for c in channels for b in bands]
     names = list(next(iter(features.values())).names) if features else []
     if any(r.task == "checker" for r in runs):
         names.append("checker")
@@ -163,7 +161,7 @@ def build_group_windows(
     vox = coarse.voxel_indices
     capacity = sum(nib.load(r.bold).shape[3] for r in runs)
     n_t = int(round(mc.eeg_window_s * mc.eeg_window_sfreq))
-    store = WindowStore(directory, capacity=capacity, eeg_shape=(len(rows), n_t),
+    store = WindowStore(directory, capacity=capacity, eeg_shape=(len(channels), n_t),
                         n_voxels=len(vox), n_features=len(names))  # fmt: skip
     i, j, k = fine.T
     for run in runs:
@@ -187,7 +185,7 @@ def build_group_windows(
         t_vol = r128[:n_vol] + _bold_reference_time(sidecar, tr, config.fmri.slice_time_ref)
         eeg, kept = eeg_windows(raw.get_data(picks=channels), sfreq=raw.info["sfreq"],
                                 volume_times=t_vol, window_s=mc.eeg_window_s,
-                                out_sfreq=mc.eeg_window_sfreq, bands=bands)  # fmt: skip
+                                out_sfreq=mc.eeg_window_sfreq)  # fmt: skip
         bad = [(o - raw.first_time, o - raw.first_time + d) for o, d, desc in
                zip(raw.annotations.onset, raw.annotations.duration, raw.annotations.description)
                if desc.split("/")[-1].lower().startswith("bad")]  # fmt: skip
@@ -222,37 +220,13 @@ def build_group_windows(
                              "has_stimulus": np.isfinite(stim).any(axis=1)})  # fmt: skip
         store.append(eeg, fmri, meta, stim)
         logger.info("%s: %d windows", run.eeg.name, len(meta))
-    windows = store.finish(channel_names=rows, sfreq=mc.eeg_window_sfreq,
+    windows = store.finish(channel_names=channels, sfreq=mc.eeg_window_sfreq,
                            voxel_indices=vox, mask_affine=coarse.affine,
-                           mask_shape=coarse.shape, feature_names=names,
-                           eeg_features="raw" if bands is None else "envelope")  # fmt: skip
+                           mask_shape=coarse.shape, feature_names=names)  # fmt: skip
     if names:
         _zscore_stimulus(directory, len(windows))
         windows = load_windows(directory)
     return windows
-
-
-def _window_bands(config: Any, sfreq: float) -> tuple[tuple[str, float, float], ...] | None:
-    """Bands of envelope windows (``[model] eeg_window_features``), None for raw EEG."""
-    from bids_app.models.envelopes import usable_bands
-
-    kind = config.model.eeg_window_features
-    if kind not in ("envelope", "raw"):
-        raise InputError(f"[model] eeg_window_features must be 'envelope' or 'raw', got "
-                         f"{kind!r}.")
-    if kind == "raw":
-        return None
-    bands = usable_bands(tuple(config.source.bands), sfreq)
-    if not bands:
-        raise InputError(f"No [source] band fits below the Nyquist frequency of the "
-                         f"preprocessed EEG ({sfreq} Hz); set [model] eeg_window_features "
-                         "= 'raw'.")
-    kept = {b[0] for b in bands}
-    dropped = [b[0] for b in config.source.bands if b[0] not in kept]
-    if dropped:
-        logger.warning("EEG envelopes: bands %s do not fit below %.0f Hz; left out.",
-                       dropped, sfreq / 2)
-    return bands
 
 
 def _zscore_stimulus(directory: Path, n: int) -> None:

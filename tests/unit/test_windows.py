@@ -245,8 +245,7 @@ def test_models_workflow_on_derivatives(tmp_path):
         "execution", output_dir=out, stimuli_dir=stimuli, work_dir=tmp_path / "work", verbosity=-1
     )
     config = config.replace("model", epochs=2, latent_dim=3, hidden_dim=16, eeg_window_sfreq=10.0,
-                            fmri_resolution_mm=3.0,  # the derivatives' grid: no averaging
-                            eeg_window_features="raw")  # the EEG's own timing is checked
+                            fmri_resolution_mm=3.0)  # the derivatives' grid: no averaging
     res = run_models_workflow(out, config, writer)
     ws = res.windows
     assert len(ws) == 4 * n_vol - 6 and ws.eeg.shape[1:] == (4, 84)
