@@ -9,7 +9,8 @@ derivatives are reused) and prints, from the written outputs only:
    them are planted (a timestamp inside a planted response window, a voxel whose block
    holds a planted source's voxel; for the stimulus head, of the feature's source);
 3. the annotations (units significant in both VAEs) per planted (feature, source) link,
-   and their precision (annotated units with at least one planted feature).
+   and their precision (annotated units with at least one planted feature), scored by
+   the group report's own :func:`~bids_app.workflows.validation_group.score_annotations`.
 
 The truth is read from ``OUT/raw/sourcedata/simulation`` (the simulator's record); the
 pipeline never reads it. About 2-4 min with ``--rerun`` on 2 idle cores, seconds without.
@@ -56,37 +57,25 @@ def rerun_group(demo: Path, config_file: Path | None) -> None:
 
 
 def load_truth(demo: Path) -> dict:
-    """Planted response windows per run and planted voxel coordinates per source."""
-    sim = demo / "raw" / "sourcedata" / "simulation"
-    info = json.loads((sim / "simulation.json").read_text())
-    deps, feature_of, voxels = {}, {}, {}
-    for sub in sorted(sim.glob("sub-*")):
-        for tsv in sorted(sub.glob("*_dependencies.tsv")):
-            deps[tsv.name.replace("_dependencies.tsv", "")] = pd.read_csv(tsv, sep="\t")
-        for dip in sorted(sub.glob("*_dipoles.json")):
-            for d in json.loads(dip.read_text())["dipoles"]:
-                if d["feature"]:
-                    feature_of[d["name"]] = d["feature"]
-        for mask in sorted(sub.glob("*_source-*_mask.nii.gz")):
-            source = mask.name.split("_source-")[1].replace("_mask.nii.gz", "")
-            img = nib.load(mask)
-            mni = nib.affines.apply_affine(img.affine, np.argwhere(img.get_fdata() > 0))
-            voxels[source] = np.vstack([voxels.get(source, np.empty((0, 3))), mni])
-    return {"null": info["null"], "deps": deps, "feature_of": feature_of, "voxels": voxels}
+    """Planted intervals (:class:`PlantedTruth` links), source -> feature, and the MNI
+    coordinates of each source's planted voxels."""
+    from bids_app.workflows.validation_group import load_planted_truth
+
+    planted = load_planted_truth(demo / "raw" / "sourcedata" / "simulation")
+    voxels = {name: nib.affines.apply_affine(img.affine,
+                                             np.argwhere(np.asarray(img.dataobj) > 0))
+              for name, img in planted.regions.items()}
+    feature_of = dict(planted.links[["source", "feature"]].drop_duplicates().to_numpy())
+    return {"null": planted.null, "links": planted.links, "feature_of": feature_of,
+            "voxels": voxels}
 
 
-def _run_key(run_label: str) -> str:
-    """``sub/ses/task/run`` window label -> truth file stem."""
-    sub, ses, task, run = run_label.split("/", 3)
-    return f"sub-{sub}_ses-{ses}_task-{task}" + ("" if run == "n/a" else f"_run-{run}")
-
-
-def planted_timestamp(truth: dict, key: str, time_s: np.ndarray, feature: str) -> np.ndarray:
-    """Whether each EEG time of run ``key`` lies in a planted window of ``feature``."""
-    deps = truth["deps"].get(key, pd.DataFrame(columns=["onset_s", "duration_s", "feature"]))
-    deps = deps[deps["feature"] == feature]
+def planted_timestamp(truth: dict, run: str, time_s: np.ndarray, feature: str) -> np.ndarray:
+    """Whether each EEG time of ``run`` lies in a planted interval of ``feature``."""
+    links = truth["links"]
+    rows = links[(links["run"] == run) & (links["feature"] == feature)]
     t = np.asarray(time_s, dtype=float)[:, None]
-    on, dur = deps["onset_s"].to_numpy()[None], deps["duration_s"].to_numpy()[None]
+    on, dur = rows["onset_s"].to_numpy(float)[None], rows["duration_s"].to_numpy(float)[None]
     return ((t >= on) & (t <= on + dur)).any(axis=1)
 
 
@@ -133,7 +122,6 @@ def masked_units(demo: Path, seed: int) -> dict:
         test = test[windows.meta["has_stimulus"].to_numpy()[test]]
         test = test[np.isfinite(np.asarray(windows.stimulus[test])).any(axis=1)]
     _, stamps = masking_data(windows, test)
-    stamps["key"] = [_run_key(r) for r in stamps["run"]]
     half = np.sqrt((np.asarray(windows.mask_affine)[:3, :3] ** 2).sum(axis=0)) / 2
     return {"mni": windows.voxel_mni(), "half_mm": half, "stamps": stamps,
             "sfreq": windows.sfreq}
@@ -148,10 +136,10 @@ def heads(derivatives: Path, truth: dict, units: dict) -> None:
     by_kind = {"fmri": {f: planted_voxel(truth, units["mni"], f, units["half_mm"])
                         for f in features},
                "eeg": {f: np.zeros(len(stamps), bool) for f in features}}
-    for key, g in stamps.groupby("key"):
+    for run, g in stamps.groupby("run"):
         for f in features:
             by_kind["eeg"][f][g.index.to_numpy()] = planted_timestamp(
-                truth, key, g["time_s"].to_numpy(), f)
+                truth, run, g["time_s"].to_numpy(), f)
     for kind, per in by_kind.items():
         n_any = int(np.logical_or.reduce(list(per.values())).sum())
         print(f"{kind} units masked: {len(next(iter(per.values())))}, planted {n_any} ("
@@ -187,52 +175,36 @@ def _separation(g: pd.DataFrame, planted: np.ndarray) -> str:
     return text
 
 
-def annotations(derivatives: Path, truth: dict, units: dict) -> dict[str, float]:
-    """Annotation counts per planted link and precision per unit kind."""
+def annotations(demo: Path, units: dict) -> None:
+    """Annotations per planted link and their precision, scored as the group report does
+    (:func:`bids_app.workflows.validation_group.score_annotations`)."""
+    from bids_app.workflows.validation_group import (
+        annotation_precision,
+        load_planted_truth,
+        score_annotations,
+    )
+
+    derivatives = demo / "derivatives"
     rows = []
     for tsv in sorted(derivatives.glob("sub-*/**/eeg/*_desc-vaemask_events.tsv")):
-        key = tsv.name.split("_desc-")[0]
-        ev = pd.read_csv(tsv, sep="\t")
-        for _, e in ev.iterrows():
+        ents = dict(p.split("-", 1) for p in tsv.name.split("_") if "-" in p)
+        run = "/".join(ents.get(k, "n/a") for k in ("sub", "ses", "task", "run"))
+        for _, e in pd.read_csv(tsv, sep="\t").iterrows():
             n = max(1, int(round(e["duration"] * units["sfreq"])))
-            for t in e["onset"] + np.arange(n) * e["duration"] / n:
-                rows.append({"kind": "eeg", "key": key, "time": t,
-                             "features": str(e["features"]).split("+")})
-    voxels = pd.concat([pd.read_csv(p, sep="\t") for p in
-                        (derivatives / "group").glob("*desc-vaemask_voxels.tsv")] or
-                       [pd.DataFrame(columns=["x", "y", "z", "features"])])
-    half_mm = units["half_mm"]
-    links = sorted((f, s) for s, f in truth["feature_of"].items())
-    counts = {link: {"eeg": 0, "fmri": 0} for link in links}
-    planted_units = {"eeg": 0, "fmri": 0}
-    totals = {"eeg": len(rows), "fmri": len(voxels)}
-    for r in rows:
-        hit = False
-        for f in r["features"]:
-            ok = bool(planted_timestamp(truth, r["key"], np.array([r["time"]]), f)[0])
-            hit |= ok
-            for link in links:
-                counts[link]["eeg"] += int(ok and link[0] == f)
-        planted_units["eeg"] += int(hit)
-    for _, v in voxels.iterrows():
-        hit = False
-        xyz = np.array([[v["x"], v["y"], v["z"]]], dtype=float)
-        for f in str(v["features"]).split("+"):
-            ok = bool(planted_voxel(truth, xyz, f, half_mm)[0])
-            hit |= ok
-            for link in links:
-                counts[link]["fmri"] += int(ok and link[0] == f)
-        planted_units["fmri"] += int(hit)
-    for (f, s), c in counts.items():
-        print(f"link {f} -> {s}: annotated planted EEG timestamps {c['eeg']}, voxels "
-              f"{c['fmri']}")
-    out = {}
+            rows += [{"unit_kind": "eeg", "features": e["features"], "run": run,
+                      "time_s": t} for t in e["onset"] + np.arange(n) / units["sfreq"]]
+    for tsv in sorted((derivatives / "group").glob("*desc-vaemask_voxels.tsv")):
+        vox = pd.read_csv(tsv, sep="\t")
+        rows += [{"unit_kind": "fmri", "features": v["features"], "x": v["x"], "y": v["y"],
+                  "z": v["z"]} for _, v in vox.iterrows()]
+    table = pd.DataFrame(rows, columns=["unit_kind", "features", "run", "time_s", "x", "y",
+                                        "z"])
+    truth = load_planted_truth(demo / "raw" / "sourcedata" / "simulation")
+    print(score_annotations(table, truth).to_string(index=False))
     for kind in ("eeg", "fmri"):
-        prec = planted_units[kind] / totals[kind] if totals[kind] else float("nan")
-        out[kind] = prec
-        print(f"annotated {kind} units: {totals[kind]}, planted {planted_units[kind]}, "
-              f"precision {prec:.3f}")
-    return out
+        prec = annotation_precision(table[table["unit_kind"] == kind], truth)
+        print(f"annotated {kind} units: {prec['units']}, planted {prec['planted']}, "
+              f"precision {prec['precision']:.3f}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -251,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     units = masked_units(demo, seed)
     skill(derivatives)
     heads(derivatives, truth, units)
-    annotations(derivatives, truth, units)
+    annotations(demo, units)
 
 
 if __name__ == "__main__":
