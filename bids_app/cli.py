@@ -7,7 +7,7 @@
                      [--realism ideal|hard]
     eegfmri download natview TARGET [--subjects 01 02] [--tasks checker] [--with-stimuli]
     eegfmri convert natview RAW_DIR BIDS_DIR
-    eegfmri demo [OUT]
+    eegfmri demo [OUT] [--scale tiny|demo] [--null]
 
 Exit codes: 0 success, 1 a run failed (the others finished), 2 usage or input error.
 Input and configuration errors are printed as one sentence on stderr, without traceback.
@@ -232,6 +232,9 @@ def build_subcommand_parser() -> argparse.ArgumentParser:
                    help="seed of the simulation and of the run")
     p.add_argument("--config-file", type=_existing_file, metavar="FILE",
                    help="TOML settings for the demo's run (e.g. fewer training epochs)")
+    p.add_argument("--null", action="store_true",
+                   help="simulate with every planted link removed (recorded in "
+                   "sourcedata/simulation): a correct run annotates nothing")
     for p in sub.choices.values():
         _add_verbosity(p)
     return parser
@@ -331,7 +334,7 @@ def _subcommand(argv: Sequence[str]) -> int:
             return EXIT_OK
         from bids_app.workflows.demo import run_demo
 
-        return run_demo(args.out, scale=args.scale, seed=args.seed,
+        return run_demo(args.out, scale=args.scale, seed=args.seed, null=args.null,
                         verbosity=args.verbose - args.quiet, config_file=args.config_file)
 
 

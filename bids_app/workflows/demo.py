@@ -8,6 +8,7 @@ reused.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -32,6 +33,20 @@ def _summary(name: str, result) -> list[str]:
     return lines
 
 
+def _check_reuse(raw_dir: Path, *, scale: str, seed: int, null: bool) -> None:
+    """Refuse to reuse a simulated release made with another scale, seed or null flag."""
+    record = raw_dir / "sourcedata" / "simulation" / "simulation.json"
+    if not record.is_file():
+        return
+    made = json.loads(record.read_text())
+    wanted = {"scale": scale, "seed": seed, "null": null}
+    differ = {k: made.get(k) for k, v in wanted.items() if made.get(k) != v}
+    if differ:
+        raise InputError(
+            f"{record} records a release simulated with {differ}, not {wanted}: choose "
+            "another demo folder (or delete it) to simulate the requested one.")
+
+
 def run_demo(out: Path | str, *, scale: str = "demo", verbosity: int = 0, seed: int = 0,
              null: bool = False, config_file: Path | None = None) -> int:
     """Simulate, convert, validate and run both levels; print a summary.
@@ -48,7 +63,9 @@ def run_demo(out: Path | str, *, scale: str = "demo", verbosity: int = 0, seed: 
     seed : int
         Seed of the simulation and of the run.
     null : bool
-        Simulate without planted coupling.
+        Simulate with every planted link removed (feature -> source and source -> BOLD;
+        recorded as ``"null": true`` in ``sourcedata/simulation/simulation.json``): a
+        correct pipeline annotates nothing.
     config_file : Path | None
         TOML settings for the run (``--config-file``); execution paths are the demo's.
 
@@ -68,6 +85,7 @@ def run_demo(out: Path | str, *, scale: str = "demo", verbosity: int = 0, seed: 
     raw_dir, bids_dir = out / "raw", out / "bids"
     output_dir, work_dir = out / "derivatives", out / "work"
     with logging_to(None, verbosity):
+        _check_reuse(raw_dir, scale=scale, seed=seed, null=null)
         if not raw_dir.exists():
             logger.info("Simulating a %s-scale NATVIEW-like release in %s", scale, raw_dir)
             raw_dir = Path(simulate_dataset(raw_dir, scale=scale, layout="natview", null=null,

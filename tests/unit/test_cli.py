@@ -278,3 +278,26 @@ def test_finished_runs_do_not_keep_data_in_memory(tree, tmp_path, monkeypatch):
         assert outcome.eeg.raw_clean.n_times == int((2 * 2.0 + 8 * 2.1) * 100)
         assert nib.is_proxy(outcome.fmri.bold_mni.dataobj)
         assert outcome.fmri.bold_mni.shape == (5, 6, 7, 8)
+
+
+def test_demo_null_reaches_the_simulator_and_a_mismatched_release_is_refused(
+        tmp_path, monkeypatch, capsys):
+    import json
+
+    import bids_app.simulate.dataset as simulate
+
+    seen = {}
+
+    def fake_simulate(out_dir, *, scale, layout, null, seed):
+        seen.update(scale=scale, null=null, seed=seed)
+        raise SystemExit(7)  # stop before the conversion: only the wiring is checked
+
+    monkeypatch.setattr(simulate, "simulate_dataset", fake_simulate)
+    assert main(["demo", str(tmp_path / "new"), "--null", "--scale", "tiny", "-q"]) == 7
+    assert seen == {"scale": "tiny", "null": True, "seed": 0}
+    record = tmp_path / "old" / "raw" / "sourcedata" / "simulation" / "simulation.json"
+    record.parent.mkdir(parents=True)
+    record.write_text(json.dumps({"scale": "demo", "seed": 0, "null": False}))
+    assert main(["demo", str(tmp_path / "old"), "--null", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "simulation.json records a release simulated with {'null': False}" in err
