@@ -31,6 +31,7 @@ from bids_app.masking.data import (
 )
 from bids_app.masking.omnibus import OmnibusTables, affine_decoder, output_targets
 from bids_app.masking.passes import PassContext, run_pass, significance
+from bids_app.masking.per_output import per_output_pass
 from bids_app.masking.shift_null import CircularShiftNull
 
 logger = logging.getLogger(__name__)
@@ -348,7 +349,7 @@ def occlusion_effects(
         screen = results[0]
         selected = screen.q[:, 0] < alpha
         tested = units if cross_outputs == "all" else units[selected]
-        t_units, t_starts, t_stats = run_pass(ctx, ("cross_outputs",), tested)
+        t_units, t_starts, t_stats = per_output_pass(ctx, tested)  # GEMMs, exact
         detail = _effects(ctx, "cross_outputs", t_units, t_starts, t_stats["cross_outputs"],
                           output_names)
         if cross_outputs == "significant":

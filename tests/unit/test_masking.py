@@ -608,3 +608,88 @@ def test_partly_observed_feature_equals_masking_its_windows(planted):
     assert np.isnan(full.p[only_first, 1]).all() and np.isfinite(full.p[:, 0]).all()
     with pytest.raises(ValueError, match="permutation"):
         occlusion_effects(vae2, part, kind="eeg", pvalue="permutation", n_null=10)
+
+
+# ---------------------------------------------------------------- GEMM per-output pass
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=hst.integers(0, 2**16),
+    n=hst.integers(2, 45),
+    c=hst.integers(1, 3),
+    stride=hst.integers(1, 3),
+    wide=hst.booleans(),
+    kind=hst.sampled_from(["eeg", "fmri"]),
+    context=hst.sampled_from(["single", "joint"]),
+    baseline=hst.sampled_from(["zero", "mean"]),
+    measure=hst.sampled_from(["smd", "kl", "dll"]),
+    batch=hst.integers(1, 64),
+    two_runs=hst.booleans(),
+)
+def test_gemm_per_output_pass_equals_per_unit_pass(seed, n, c, stride, wide, kind, context,
+                                                   baseline, measure, batch, two_runs):
+    """Block-wise GEMM pass == the per-unit pass: effects, intervals and null moments.
+
+    Covers units in few windows (pair-by-pair null variance) and in many (FFT), one and
+    two runs, and heads wide enough for t intervals (narrow ones run without intervals).
+    """
+    from bids_app.masking.occlusion import _context
+    from bids_app.masking.passes import run_pass
+    from bids_app.masking.per_output import fallback_reason, per_output_pass
+
+    rng = np.random.default_rng(seed)
+    t, v = (66, 70) if wide else (int(rng.integers(2, 40)), int(rng.integers(1, 7)))
+    runs = rng.integers(0, 2, n) if two_runs else np.zeros(n, dtype=int)
+    idx = np.arange(n)[:, None] * stride + np.arange(t)[None] + 1000 * runs[:, None]
+    series = rng.standard_normal((c, idx.max() + 1)).astype(np.float32)
+    data = MaskingData(series[:, idx].transpose(1, 0, 2),
+                       rng.standard_normal((n, v)).astype(np.float32),
+                       rng.standard_normal((n, 2)).astype(np.float32), idx, window_runs=runs)
+    torch.manual_seed(seed)
+    model = MultimodalVAE((c, t), v, latent_dim=3, hidden_dim=8, dropout=0.0).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    ctx = _context(model, data, kind, baseline=baseline, measure=measure, pvalue="gaussian",
+                   n_null=0, n_boot=20 if wide else 0, batch_size=batch, context=context,
+                   device=torch.device("cpu"), rng=np.random.default_rng(0),
+                   heads=("cross", "latent", "cross_outputs"))
+    units, starts, _ = ctx.occurrences_of(None)
+    assert fallback_reason(ctx, np.diff(starts)) is None  # the fast path runs
+    f_units, f_starts, fast = per_output_pass(ctx, None)
+    r_units, r_starts, ref = run_pass(ctx, ("cross_outputs",), None)
+    assert np.array_equal(f_units, r_units) and np.array_equal(f_starts, r_starts)
+    fast, ref = fast["cross_outputs"], ref["cross_outputs"]
+    assert set(fast) == set(ref)
+    for key in ref:
+        np.testing.assert_allclose(fast[key], ref[key], atol=1e-5, rtol=1e-5, err_msg=key)
+
+
+def test_gemm_per_output_pass_falls_back_where_it_is_not_exact():
+    """Permutation draws and bootstrap intervals go to the per-unit pass (same numbers)."""
+    from bids_app.masking.occlusion import _context
+    from bids_app.masking.passes import run_pass
+    from bids_app.masking.per_output import fallback_reason, per_output_pass
+
+    rng = np.random.default_rng(0)
+    n, c, t, v = 6, 2, 4, 80
+    idx = np.arange(n)[:, None] + np.arange(t)[None]
+    x_fmri = rng.standard_normal((n, v)).astype(np.float32)
+    data = MaskingData(rng.standard_normal((c, idx.max() + 1)).astype(np.float32)[:, idx]
+                       .transpose(1, 0, 2), x_fmri, np.zeros((n, 1), np.float32), idx)
+    model = MultimodalVAE((c, t), v, latent_dim=3, hidden_dim=8, dropout=0.0).eval()
+    common = {"baseline": "zero", "measure": "smd", "n_boot": 0, "batch_size": 8,
+              "context": "single", "device": torch.device("cpu"),
+              "heads": ("cross", "latent", "cross_outputs")}
+    ctx = _context(model, data, "eeg", pvalue="permutation", n_null=5,
+                   rng=np.random.default_rng(1), **common)
+    counts = np.diff(ctx.occurrences_of(None)[1])
+    assert "permutation" in fallback_reason(ctx, counts)
+    fast = per_output_pass(ctx, None)[2]["cross_outputs"]
+    ctx.rng = np.random.default_rng(1)
+    ref = run_pass(ctx, ("cross_outputs",), None)[2]["cross_outputs"]
+    for key in ref:
+        np.testing.assert_array_equal(fast[key], ref[key])
+    common["n_boot"] = 10  # 4 EEG timestamps per voxel unit: bootstrapped intervals
+    ctx = _context(model, data, "fmri", pvalue="gaussian", n_null=0,
+                   rng=np.random.default_rng(1), **common)
+    assert "bootstrap" in fallback_reason(ctx, np.diff(ctx.occurrences_of(None)[1]))
