@@ -693,3 +693,23 @@ def test_gemm_per_output_pass_falls_back_where_it_is_not_exact():
     ctx = _context(model, data, "fmri", pvalue="gaussian", n_null=0,
                    rng=np.random.default_rng(1), **common)
     assert "bootstrap" in fallback_reason(ctx, np.diff(ctx.occurrences_of(None)[1]))
+
+
+def test_naive_outputs_of_keeps_the_selected_units_per_output_rows():
+    """``outputs_of`` drops only other units' per-output rows; screening heads are whole."""
+    rng = np.random.default_rng(2)
+    n, c, t, v = 5, 2, 4, 3
+    idx = np.arange(n)[:, None] + np.arange(t)[None]
+    data = MaskingData(rng.standard_normal((c, idx.max() + 1)).astype(np.float32)[:, idx]
+                       .transpose(1, 0, 2), rng.standard_normal((n, v)).astype(np.float32),
+                       np.zeros((n, 1), np.float32), idx)
+    model = MultimodalVAE((c, t), v, latent_dim=3, hidden_dim=8, dropout=0.0).eval()
+    every = {e.head: e for e in naive_occlusion(model, data, kind="eeg")}
+    some = {e.head: e for e in naive_occlusion(model, data, kind="eeg", outputs_of=[1, 4])}
+    assert np.array_equal(some["cross_outputs"].units, [1, 4])
+    assert np.array_equal(some["cross"].units, every["cross"].units)
+    rows = np.searchsorted(every["cross_outputs"].units, [1, 4])
+    for key in ("smd", "kl", "dll"):
+        np.testing.assert_array_equal(getattr(some["cross_outputs"], key),
+                                      getattr(every["cross_outputs"], key)[rows])
+        np.testing.assert_array_equal(getattr(some["cross"], key), getattr(every["cross"], key))
