@@ -2,12 +2,11 @@
 
 The per-output test compares each selected unit with every output of the other modality
 (every voxel for a masked EEG timestamp, every EEG timestamp for a masked voxel). VAE-1's
-decoder is affine in a feature vector of the latent (:mod:`bids_app.masking.omnibus`), so
-the change of every output mean in every masked window is ``d = dphi W'``: for a block of
-occurrences (units x windows), ``dphi`` of all of them times the output layer's weight is
-ONE matrix product. The decoder's variance does not depend on the input, so every
-statistic of :func:`bids_app.masking.passes.run_pass` is a function of ``d`` with
-``p = exp(-logvar)``:
+decoder ends in a linear output layer (:mod:`bids_app.masking.omnibus`): for a block of
+occurrences (units x windows), the masked latents of all of them go through the decoder
+at once, so its output layer is ONE matrix product per block, and ``d = m1 - m0``. The
+decoder's variance does not depend on the input, so every statistic of
+:func:`bids_app.masking.passes.run_pass` is a function of ``d`` with ``p = exp(-logvar)``:
 
 * ``smd = sqrt(mean_K p d^2)``, ``kl = sum_K p d^2 / 2``,
 * ``dll = sum_K p d (y - m0 - d / 2)`` and its circular-shift null mean
@@ -16,9 +15,10 @@ statistic of :func:`bids_app.masking.passes.run_pass` is a function of ``d`` wit
   autocovariances (pair by pair for units in few windows, by FFT and Parseval for units
   in every window, see :mod:`bids_app.masking.shift_null`).
 
-Per-occurrence values stay in float32 on the model's device (the forward pass's
-precision), the null variance is computed in float64, and every per-unit sum is
-accumulated in float64 block by block: no ``(occurrences x outputs)`` array outlives its
+The GEMM runs in float32 on the model's device (the forward pass's precision); the
+per-occurrence statistics of the block are computed in float64 from its result (the
+residuals ``y - m0`` can be large next to the likelihood change), and every per-unit sum
+is accumulated in float64 block by block: no ``(occurrences x outputs)`` array outlives its
 block, and the block size bounds the memory.
 
 The fast path is exact only where ``run_pass`` computes the same closed forms; it falls
@@ -83,32 +83,31 @@ class _OutputLayer:
 
     def __init__(self, ctx: PassContext) -> None:
         omnibus = ctx.omnibus
-        self.ctx, self.features, self.phi0 = ctx, omnibus.decoder.features, omnibus.phi0
-        dev = self.phi0.device
+        self.decoder = omnibus.decoder.module
+        dev = omnibus.phi0.device
         self.device = dev
         m0 = ctx.ref[HEAD][0]  # (N, G, K) float64
         n, self.n_groups, self.k = m0.shape
         # decoder order: (G, K) for voxels (K = 1); (C, T) = (K, G) for EEG outputs
         self.swap = ctx.kind == "fmri"
         self.n_out = self.n_groups * self.k
-        self.weight = torch.as_tensor(omnibus.decoder.weight.T, dtype=torch.float32,
-                                      device=dev).contiguous()  # (P, F)
         lv = ctx.const_lv[HEAD].double().cpu().numpy()  # (G, K)
         self.prec = self._flat(np.exp(-lv)[None])[0]
         null = ctx.nulls[HEAD]
         self.circles = null.classes[0][1]
         y = ctx.targets[HEAD]
         run_mean = null.run_means()[np.maximum(self.circles.run, 0)]
-        self.resid = self._flat(y - m0)  # (N, F): y - m0 and ybar_r - m0
+        self.m0 = self._flat(m0)  # (N, F): m0, y - m0 and ybar_r - m0
+        self.resid = self._flat(y - m0)
         self.resid_bar = self._flat(run_mean - m0)
         self.null = null
         self._gamma: dict[tuple[int, int], torch.Tensor] = {}
         self._spec: dict[int, torch.Tensor] = {}
 
     def _flat(self, x: np.ndarray) -> torch.Tensor:
-        """``(n, G, K)`` float64 -> ``(n, F)`` float32 tensor in the decoder's order."""
+        """``(n, G, K)`` -> ``(n, F)`` float64 tensor in the decoder's order."""
         x = x.transpose(0, 2, 1) if self.swap else x
-        return torch.as_tensor(x.reshape(len(x), -1), dtype=torch.float32, device=self.device)
+        return torch.as_tensor(x.reshape(len(x), -1), dtype=torch.float64, device=self.device)
 
     def grouped(self, x: torch.Tensor) -> torch.Tensor:
         """``(n, F)`` -> ``(n, G, K)`` view/copy in the statistics' order."""
@@ -202,7 +201,10 @@ def _block(layer: _OutputLayer, ctx: PassContext, win: np.ndarray, pos: np.ndarr
         mu1 = torch.cat([ctx.engine.forward(win[i : i + bs], pos[i : i + bs],
                                             delta[i : i + bs])[0]
                          for i in range(0, len(win), bs)])
-        d = (layer.features(mu1) - layer.phi0[win_t]) @ layer.weight  # the one GEMM
+        # the output layer as one GEMM over the block (float32, the forward pass's
+        # precision, the per-unit pass's arithmetic); statistics in float64
+        m1 = layer.decoder(mu1)[0].reshape(len(win), -1)
+        d = m1.double() - layer.m0[win_t]
         b = d * layer.prec
         half = 0.5 * d
         per_occ = {"kl": 0.5 * layer.sum_k(b * d)}
@@ -219,7 +221,7 @@ def _block(layer: _OutputLayer, ctx: PassContext, win: np.ndarray, pos: np.ndarr
             acc = torch.zeros(n_units, layer.n_groups, dtype=torch.float64, device=dev)
             sums[key] = acc.index_add_(0, unit_t, x.double())
         if ctx.pvalue == "gaussian":
-            b64 = layer.grouped(b).double()
+            b64 = layer.grouped(b)
             variance = layer.lag_variance if sparse else layer.fft_variance
             sums["null_var"] = variance(b64, win, unit, n_units)
     return sums

@@ -631,7 +631,27 @@ def test_gemm_per_output_pass_equals_per_unit_pass(seed, n, c, stride, wide, kin
 
     Covers units in few windows (pair-by-pair null variance) and in many (FFT), one and
     two runs, and heads wide enough for t intervals (narrow ones run without intervals).
+    The null mean multiplies ``d`` by ``ybar_r - m0``: its float32 rounding scales with
+    that residual, which these perturbed random models make large (see the xfail below).
     """
+    fast, ref, resid = _gemm_and_per_unit(seed, n, c, stride, wide, kind, context, baseline,
+                                          measure, batch, two_runs)
+    for key in ref:
+        tol = 1e-5 * max(1.0, resid) if key == "null_mean" else 1e-5
+        np.testing.assert_allclose(fast[key], ref[key], atol=tol, rtol=1e-5, err_msg=key)
+
+
+@pytest.mark.xfail(strict=True, reason="null mean of a perturbed random model differs by "
+                   "2e-5 (float32 rounding of d times a residual ybar - m0 of 14)")
+def test_gemm_null_mean_within_1e5_on_a_far_off_model():
+    fast, ref, _ = _gemm_and_per_unit(2, 2, 1, 1, True, "eeg", "single", "zero", "smd", 1,
+                                      False)
+    np.testing.assert_allclose(fast["null_mean"], ref["null_mean"], atol=1e-5, rtol=1e-5)
+
+
+def _gemm_and_per_unit(seed, n, c, stride, wide, kind, context, baseline, measure, batch,
+                       two_runs):
+    """GEMM and per-unit pass statistics of one random case, and max |ybar_r - m0|."""
     from bids_app.masking.occlusion import _context
     from bids_app.masking.passes import run_pass
     from bids_app.masking.per_output import fallback_reason, per_output_pass
@@ -660,8 +680,16 @@ def test_gemm_per_output_pass_equals_per_unit_pass(seed, n, c, stride, wide, kin
     assert np.array_equal(f_units, r_units) and np.array_equal(f_starts, r_starts)
     fast, ref = fast["cross_outputs"], ref["cross_outputs"]
     assert set(fast) == set(ref)
-    for key in ref:
-        np.testing.assert_allclose(fast[key], ref[key], atol=1e-5, rtol=1e-5, err_msg=key)
+    if "lo" in ref:  # intervals: the mean and the standard error (half-width / t quantile,
+        # which is 12.7 at one degree of freedom and would scale the float32 rounding)
+        df = np.maximum(np.diff(f_starts) - 1, 1)[:, None]
+        tq = stats.t.ppf(0.975, df)
+        for x in (fast, ref):
+            x["centre"], x["se"] = (x["hi"] + x["lo"]) / 2, (x["hi"] - x["lo"]) / (2 * tq)
+            del x["lo"], x["hi"]
+    resid = float(np.abs(ctx.targets["cross_outputs"].mean(axis=0)
+                         - ctx.ref["cross_outputs"][0]).max())
+    return fast, ref, resid
 
 
 def test_gemm_per_output_pass_falls_back_where_it_is_not_exact():
