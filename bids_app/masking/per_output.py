@@ -44,7 +44,7 @@ from bids_app.masking.passes import (
 from bids_app.masking.shift_null import SPARSE_MAX_OCCURRENCES
 
 HEAD = "cross_outputs"
-#: Output elements per block of occurrences (64 MB per float32 ``(occurrences, F)`` array).
+#: Output elements per block of occurrences (128 MB per float64 ``(occurrences, F)`` array).
 BLOCK_ELEMENTS = 2**24
 
 
