@@ -31,6 +31,7 @@ from bids_app.masking.data import (
 )
 from bids_app.masking.omnibus import OmnibusTables, affine_decoder, output_targets
 from bids_app.masking.passes import PassContext, run_pass, significance
+from bids_app.masking.per_output import per_output_pass
 from bids_app.masking.shards import CellRunner
 from bids_app.masking.shift_null import CircularShiftNull
 
@@ -254,6 +255,11 @@ def _effects(ctx: PassContext, head: str, units, starts, stats, output_names
     return eff
 
 
+def _per_output_phase(ctx: PassContext, heads: tuple[str, ...], units: np.ndarray | None):
+    """The per-output phase (``heads`` is always ``("cross_outputs",)``) as GEMMs."""
+    return per_output_pass(ctx, units)
+
+
 def occlusion_effects(
     model: Any,
     data: MaskingData,
@@ -366,10 +372,10 @@ def occlusion_effects(
         units = _unit_ids(data, kind, units, ctx)
         cross_outputs = resolve(cross_outputs, len(units))
 
-    def phase(phase_heads, phase_units, phase_name, need_all=True):
+    def phase(phase_heads, phase_units, phase_name, need_all=True, pass_fn=run_pass):
         if cells is None:
-            return run_pass(ctx, phase_heads, phase_units)
-        return cells.run(run_pass, ctx, phase_heads, phase_units, kind=kind, model=name,
+            return pass_fn(ctx, phase_heads, phase_units)
+        return cells.run(pass_fn, ctx, phase_heads, phase_units, kind=kind, model=name,
                          phase=phase_name, need_all=need_all)
 
     screened = phase(heads, units, "screen", need_all=cross_outputs == "significant")
@@ -382,7 +388,8 @@ def occlusion_effects(
         screen = results[0]
         selected = screen.q[:, 0] < alpha
         tested = units if cross_outputs == "all" else units[selected]
-        detailed = phase(("cross_outputs",), tested, "outputs", need_all=False)
+        detailed = phase(("cross_outputs",), tested, "outputs", need_all=False,
+                         pass_fn=_per_output_phase)  # GEMMs, exact
         if detailed is None:
             return results
         t_units, t_starts, t_stats = detailed

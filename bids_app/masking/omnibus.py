@@ -156,7 +156,7 @@ class OmnibusTables:
         # per-occurrence work runs in float32 on the model's device (the forward pass's
         # precision): one product gives the quadratic form, one gather both residuals
         dev = decoder.module.skip.weight.device
-        self._phi0 = torch.as_tensor(phi0, dtype=torch.float32, device=dev)
+        self.phi0 = torch.as_tensor(phi0, dtype=torch.float32, device=dev)
         self._proj = torch.as_tensor(proj, dtype=torch.float32, device=dev)
         self._rho = torch.as_tensor(np.stack([(self.y_proj - self.m0_proj) @ pinv,
                                               (run_mean - self.m0_proj) @ pinv], axis=1),
@@ -173,9 +173,9 @@ class OmnibusTables:
             ``s`` ``(n, r)`` whitened feature change (the coefficients of the null
             variance, see :meth:`null_sd`) and ``dphi`` ``(n, P)`` tensor (null draws).
         """
-        win_t = torch.as_tensor(win, device=self._phi0.device)
+        win_t = torch.as_tensor(win, device=self.phi0.device)
         with torch.no_grad():
-            dphi = self.decoder.features(mu1) - self._phi0[win_t]
+            dphi = self.decoder.features(mu1) - self.phi0[win_t]
             s = dphi @ self._proj
             s2 = s * s
             q = s2.sum(dim=1).double().cpu().numpy()

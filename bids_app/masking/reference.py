@@ -33,6 +33,7 @@ def naive_occlusion(
     units: np.ndarray | None = None,
     device: str | torch.device | None = "cpu",
     batch_size: int = 4096,
+    outputs_of: np.ndarray | None = None,
 ) -> list[st.HeadEffects]:
     """Reference occlusion: one full forward pass of the unit's windows per masked unit.
 
@@ -49,7 +50,9 @@ def naive_occlusion(
     output layer runs for each masked unit and window); ``cross_outputs`` covers every
     unit.
 
-    Parameters are those of :func:`occlusion_effects` (``units`` restricts the loop).
+    Parameters are those of :func:`occlusion_effects` (``units`` restricts the loop);
+    ``outputs_of`` keeps ``cross_outputs`` only for these unit ids (None: every unit), as
+    the hierarchical test reports the per-output effects of the selected units only.
 
     Returns
     -------
@@ -65,6 +68,7 @@ def naive_occlusion(
     ref, _, _ = _unmasked_heads(model, data, kind, heads, device, batch_size, context)
     base = compute_baseline(data, kind, baseline)
     units, starts, occ = occurrences(data, kind, units)
+    keep = np.ones(len(units), bool) if outputs_of is None else np.isin(units, outputs_of)
     if "cross" in heads:  # calibrated variance: MSE of the unmasked prediction per output
         y_all = _targets(data, kind, "cross_outputs")
         sse = ((y_all - ref["cross_outputs"][0]) ** 2).reshape(len(y_all), -1).sum(axis=0)
@@ -92,8 +96,9 @@ def naive_occlusion(
             dll = (np.full_like(smd, np.nan) if y is None else
                    (st.gaussian_loglik(y[win], m1[local], l1[local])
                     - st.gaussian_loglik(y[win], m0, l0)).sum(axis=-1))
-            for key, val in (("smd", smd), ("kl", kl), ("dll", dll)):
-                acc[head][key].append(val.mean(axis=0))
+            if head != "cross_outputs" or keep[u]:
+                for key, val in (("smd", smd), ("kl", kl), ("dll", dll)):
+                    acc[head][key].append(val.mean(axis=0))
             if head == "cross_outputs":  # the whole prediction, calibrated variance
                 m1f, m0f, yf = (x.reshape(len(win), -1) for x in (m1[local], m0, y[win]))
                 d2 = ((m1f - m0f) ** 2 / calib).sum(axis=1)
@@ -102,10 +107,12 @@ def naive_occlusion(
                                  ("dll", dll_all)):
                     acc["cross"][key].append(np.atleast_1d(val.mean(axis=0)))
     name = _model_name(model)
-    return [
-        st.HeadEffects(kind=kind, model=name, head=h, units=units,
-                       outputs=_output_names(model, kind, h, len(acc[h]["smd"][0]), None),
-                       n_windows=np.diff(starts),
-                       **{k: np.stack(v) for k, v in acc[h].items()})
-        for h in heads
-    ]
+    out = []
+    for h in heads:
+        rows = keep if h == "cross_outputs" else np.ones(len(units), bool)
+        g = 1 if h == "cross" else ref[h][0].shape[1]
+        out.append(st.HeadEffects(
+            kind=kind, model=name, head=h, units=units[rows],
+            outputs=_output_names(model, kind, h, g, None), n_windows=np.diff(starts)[rows],
+            **{k: np.stack(v) if v else np.zeros((0, g)) for k, v in acc[h].items()}))
+    return out

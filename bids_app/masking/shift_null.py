@@ -169,6 +169,18 @@ class CircularShiftNull:
             self._cache[key] = np.fft.rfft(self._centred(k, quadratic, r), axis=0)
         return self._cache[key]
 
+    def run_means(self, k: int = 0) -> np.ndarray:
+        """``(R, G_k, K)`` run means of class ``k``'s values (the null mean of a window)."""
+        return self._run_means(k, False)
+
+    def autocovariance(self, r: int, lag: int, k: int = 0) -> np.ndarray:
+        """``(G_k, K, K)`` circular autocovariance of run ``r`` at ``lag`` (cached)."""
+        return self._autocov(k, False, r, lag)
+
+    def spectrum(self, r: int, k: int = 0) -> np.ndarray:
+        """``(L_r // 2 + 1, G_k, K)`` real FFT of the run-centred values of run ``r``."""
+        return self._spectrum(k, False, r)
+
     # ------------------------------------------------------------------ variance
     def _lag_sums(self, k, quadratic, coef, run, pos, unit, starts) -> np.ndarray:
         """Variance as ``sum_{i,j} coef_i' Gamma(p_j - p_i) coef_j``, pair offset by pair

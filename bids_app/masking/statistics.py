@@ -266,9 +266,31 @@ def normal_ci(values: np.ndarray, starts: np.ndarray, level: float = 0.95,
     else:
         n = segment_sum(weights.astype(float), starts)
         values = np.where(weights, values, 0.0)
+    return normal_ci_from_sums(segment_sum(values, starts), segment_sum(values**2, starts), n,
+                               level)
+
+
+def normal_ci_from_sums(total: np.ndarray, total_sq: np.ndarray, n: np.ndarray,
+                        level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Student-t interval of means from streamed sums (see :func:`normal_ci`).
+
+    Parameters
+    ----------
+    total, total_sq : numpy.ndarray
+        ``(U, G)`` sums of the values and of their squares over each unit's windows.
+    n : numpy.ndarray
+        Windows per unit, broadcastable to ``(U, G)``.
+    level : float
+        Coverage of the interval.
+
+    Returns
+    -------
+    low, high : numpy.ndarray
+        ``(U, G)``.
+    """
     with np.errstate(invalid="ignore", divide="ignore"):  # no observed window: NaN
-        mean = segment_sum(values, starts) / n
-        ss = segment_sum(values**2, starts) - n * mean**2
+        mean = total / n
+        ss = total_sq - n * mean**2
         sd = np.sqrt(np.maximum(ss, 0) / np.maximum(n - 1, 1))
         half = stats.t.ppf(0.5 + level / 2, np.maximum(n - 1, 1)) * sd / np.sqrt(n)
     return mean - half, mean + half
