@@ -226,7 +226,8 @@ def localisation_checks(source_maps: Any, dipoles: list[dict], truth: dict | Non
     return rows
 
 
-def _inside(mask_img: Any, mm: np.ndarray) -> np.ndarray:
+def inside_mask(mask_img: Any, mm: np.ndarray) -> np.ndarray:
+    """Whether each MNI position ``mm`` ``(N, 3)`` falls in a voxel of ``mask_img`` > 0."""
     import nibabel as nib
 
     ijk = np.round(nib.affines.apply_affine(np.linalg.inv(mask_img.affine), mm)).astype(int)
@@ -257,7 +258,7 @@ def coupling_checks(coupling: Any, masks: dict[str, Any], dipoles: list[dict], q
         Run label for the table.
     """
     mm = coupling.source_maps.grid.voxel_mm
-    regions = {d["name"]: _inside(masks[d["name"]], mm) for d in dipoles if d["name"] in masks}
+    regions = {d["name"]: inside_mask(masks[d["name"]], mm) for d in dipoles if d["name"] in masks}
     planted_any = np.zeros(len(mm), bool)
     for inside in regions.values():
         planted_any |= inside

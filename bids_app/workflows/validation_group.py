@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bids_app.workflows.validation import Check, make_check, truth_folder
+from bids_app.workflows.validation import Check, inside_mask, make_check, truth_folder
 
 logger = logging.getLogger(__name__)
 
@@ -109,17 +109,6 @@ def stack_annotations(annotations: Mapping[str, pd.DataFrame | None]) -> pd.Data
     return pd.concat(frames, ignore_index=True)
 
 
-def _inside(img: Any, xyz: np.ndarray) -> np.ndarray:
-    import nibabel as nib
-
-    ijk = np.round(nib.affines.apply_affine(np.linalg.inv(img.affine), xyz)).astype(int)
-    data = np.asarray(img.dataobj) > 0
-    ok = np.all((ijk >= 0) & (ijk < np.array(data.shape[:3])), axis=1)
-    out = np.zeros(len(xyz), bool)
-    out[ok] = data[tuple(ijk[ok].T)]
-    return out
-
-
 def _hits(annotations: pd.DataFrame, truth: PlantedTruth, feature: str, source: str,
           tolerance_s: float) -> np.ndarray:
     """Rows of ``annotations`` naming ``feature`` at a planted place of the link."""
@@ -140,7 +129,7 @@ def _hits(annotations: pd.DataFrame, truth: PlantedTruth, feature: str, source: 
     vox = named & (kind == "fmri")
     if vox.any() and source in truth.regions:
         xyz = annotations.loc[vox, ["x", "y", "z"]].to_numpy(float)
-        hit[np.flatnonzero(vox)[_inside(truth.regions[source], xyz)]] = True
+        hit[np.flatnonzero(vox)[inside_mask(truth.regions[source], xyz)]] = True
     return hit
 
 

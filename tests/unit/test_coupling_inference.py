@@ -30,7 +30,7 @@ from bids_app.eeg import source
 from bids_app.natview import facts as nv
 from bids_app.simulate import scenario
 from bids_app.simulate.bold import POWER_SFREQ, planted_mni_bold
-from bids_app.simulate.mni_runs import simulate_mni_run
+from bids_app.simulate.mni_runs import null_noise, simulate_mni_run
 from bids_app.simulate.neural import simulate_neural
 from bids_app.simulate.realism import REALISM
 from bids_app.simulate.stimulus import simulate_stimulus
@@ -70,21 +70,6 @@ def _eeg(null: bool, seed: int) -> tuple:
     return sim, raw, onsets, cp.acquisition_times(onsets, TR / 2)
 
 
-def _null_noise(kind: str, n: int, n_vox: int, rng: np.random.Generator) -> np.ndarray:
-    """Unit-variance noise: AR(1) with rho ~ U(0.2, 0.6), or 1/f^b with b ~ U(0.5, 1.5)."""
-    if kind == "ar1":
-        rho = rng.uniform(0.2, 0.6, n_vox)
-        out = rng.normal(size=(n, n_vox))
-        for i in range(1, n):
-            out[i] += rho * out[i - 1]
-        return out * np.sqrt(1 - rho**2)
-    freqs = np.fft.rfftfreq(2 * n)
-    spec = np.fft.rfft(rng.normal(size=(2 * n, n_vox)), axis=0)
-    spec *= np.maximum(freqs, freqs[1])[:, None] ** (-rng.uniform(0.5, 1.5, n_vox) / 2)
-    out = np.fft.irfft(spec, n=2 * n, axis=0)[:n]
-    return out / out.std(0)
-
-
 def _run(hrf: str | None, noise_kind: str = "planted", seed: int = 0, *,
          shuffle_sources: bool = False) -> SimpleNamespace:
     """Planted run (``hrf`` given) or null run (``noise_kind`` 'ar1' or '1f').
@@ -97,7 +82,7 @@ def _run(hrf: str | None, noise_kind: str = "planted", seed: int = 0, *,
                                      np.random.default_rng(seed + 2), null=True)
     if hrf is None:
         rng = np.random.default_rng(seed + 3)
-        bold = 100 + 0.5 * _null_noise(noise_kind, *bold.shape, rng)
+        bold = 100 + 0.5 * null_noise(noise_kind, *bold.shape, rng)
     else:
         for src in scenario.sources_for_task("tp"):
             bold[:, planted[src.name]] += src.bold_sign * 0.5 * _regressor(
