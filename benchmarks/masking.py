@@ -22,7 +22,10 @@ end to end, every unit of a kind, no extrapolation across units:
   per-unit time times the run's units (stated in the output).
 
 The script asserts fast == naive (rtol 1e-5, atol 1e-5, as the unit tests) on every
-unit the naive loop measured, and, for the default fraction on CPU, the issue's claim:
+unit the naive loop measured; where the two float32 computations differ by more than
+that (float32 rounding of a tiny masked change, in either path), the naive loop on a
+float64 copy of the model decides, and the fast result must be within 1e-5 of it. And,
+for the default fraction on CPU, the issue's claim:
 like-for-like speed-up >= 20x. The group figure (``--runs`` runs of 240 windows) scales
 the measured run by windows. ``--device cpu,cuda`` adds a GPU column when
 CUDA is present (skipped otherwise). Times are wall seconds; the last column gives the
@@ -36,6 +39,7 @@ Run ``nice -n 10 python benchmarks/masking.py [--kinds eeg,fmri] [--fraction 0.0
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import time
 
@@ -81,10 +85,15 @@ def fast_run(model, data, kind, selected, device, cfg) -> tuple[np.ndarray, np.n
     return t_screen, t_detail, screen + [detail[-1]]
 
 
-def check_equal(fast: list, naive: list) -> float:
-    """Assert fast == naive (the unit tests' 1e-5) on the naive loop's units; returns the
-    largest absolute difference."""
-    worst = 0.0
+def check_equal(fast: list, naive: list, exact=None) -> tuple[float, int]:
+    """Assert fast == naive (the unit tests' 1e-5) on the naive loop's units.
+
+    Where the float32 naive loop and the fast path differ by more than 1e-5, the float64
+    naive loop (``exact(units)``: the same loop on a float64 copy of the model) decides:
+    the fast result must be within 1e-5 of it. Returns the largest absolute difference
+    from the naive loop and the number of units so arbitrated.
+    """
+    worst, disputed = 0.0, {}
     by_head = {e.head: e for e in fast}
     for ref in naive:
         eff = by_head[ref.head]
@@ -94,10 +103,21 @@ def check_equal(fast: list, naive: list) -> float:
             got, want = getattr(eff, key)[rows], getattr(ref, key)
             if want.size == 0 or not np.isfinite(want).any():
                 continue
-            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5,
-                                       err_msg=f"{ref.head} {key}")
+            off = ~np.isclose(got, want, rtol=1e-5, atol=1e-5, equal_nan=True).all(axis=1)
+            disputed.setdefault(ref.head, set()).update(ref.units[off].tolist())
             worst = max(worst, float(np.nanmax(np.abs(got - want))))
-    return worst
+    units = sorted(set().union(*disputed.values())) if disputed else []
+    if units:
+        assert exact is not None, f"fast != naive beyond 1e-5 on units {units[:10]}"
+        for ref in exact(np.asarray(units)):
+            eff = by_head[ref.head]
+            rows = np.searchsorted(eff.units, ref.units)
+            for key in ("smd", "kl", "dll"):
+                got, want = getattr(eff, key)[rows], getattr(ref, key)
+                if want.size and np.isfinite(want).any():
+                    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5,
+                                               err_msg=f"{ref.head} {key} vs float64")
+    return worst, len(units)
 
 
 def measure(kind: str, data: MaskingData, model, fraction: float, naive_mode: str,
@@ -118,7 +138,15 @@ def measure(kind: str, data: MaskingData, model, fraction: float, naive_mode: st
     out["naive_measured"] = t_naive
     out["naive_units"] = len(naive_units)
     out["naive"] = t_naive * len(units) / len(naive_units)
-    out["max_abs_diff"] = max(check_equal(out[n]["effects"], naive) for n in ("core", "stats"))
+    model64 = copy.deepcopy(model).double()
+
+    def exact(some: np.ndarray) -> list:  # float64 naive loop on disputed units
+        return naive_occlusion(model64, data, kind=kind, units=some,
+                               outputs_of=np.intersect1d(some, selected), device=device)
+
+    checks = [check_equal(out[n]["effects"], naive, exact) for n in ("core", "stats")]
+    out["max_abs_diff"] = max(c[0] for c in checks)
+    out["arbitrated"] = max(c[1] for c in checks)
     for name in ("core", "stats"):
         del out[name]["effects"]
     return out
@@ -173,6 +201,8 @@ def main(argv: list[str] | None = None) -> None:
             notes.append(f"{name} on {device}: naive measured on {m['naive_units']} of "
                          f"{m['units']} units in {m['naive_measured'][0]:.1f} s "
                          f"({m['naive_measured'][1]:.1f} CPU-s)"
+                         + f"; {m['arbitrated']} units beyond 1e-5 of the float32 naive loop, "
+                         "all within 1e-5 of the float64 naive loop"
                          + ("" if m["naive_units"] == m["units"] else
                             f", scaled to the run's {m['units']} units"))
             if device == "cpu" and abs(args.fraction - 0.05) < 1e-12 and speed < CLAIM:

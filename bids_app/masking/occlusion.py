@@ -77,6 +77,7 @@ class _Engine:
     def __init__(self, model: Any, data: MaskingData, kind: str, device: torch.device,
                  batch_size: int, context: str) -> None:
         self.model, self.kind, self.device, self.joint = model, kind, device, context == "joint"
+        self.dtype = model_dtype(model)
         self.enc = model.eeg_encoder if kind == "eeg" else model.fmri_encoder
         other = model.fmri_encoder if kind == "eeg" else model.eeg_encoder
         x_m = data.x_eeg if kind == "eeg" else data.x_fmri
@@ -90,8 +91,8 @@ class _Engine:
         hs, o_mu, o_lv = [], [], []
         with torch.no_grad():
             for s in range(0, data.n_windows, batch_size):
-                xm = torch.as_tensor(x_m[s : s + batch_size], device=device, dtype=torch.float32)
-                xo = torch.as_tensor(x_o[s : s + batch_size], device=device, dtype=torch.float32)
+                xm = torch.as_tensor(x_m[s : s + batch_size], device=device, dtype=self.dtype)
+                xo = torch.as_tensor(x_o[s : s + batch_size], device=device, dtype=self.dtype)
                 hs.append(self.enc.input(xm.reshape(xm.shape[0], -1)))
                 if self.joint:
                     mu, lv = other(xo)
@@ -104,7 +105,7 @@ class _Engine:
         """Posterior ``(mu, logvar)`` with unit ``pos`` of windows ``win`` moved by delta."""
         w_t = torch.as_tensor(win, device=self.device)
         p_t = torch.as_tensor(pos, device=self.device)
-        d = torch.as_tensor(delta, device=self.device, dtype=torch.float32)
+        d = torch.as_tensor(delta, device=self.device, dtype=self.dtype)
         with torch.no_grad():
             if self.kind == "eeg":  # rank-C update: (B,1,C) @ (B,C,H)
                 dh = torch.bmm(d[:, None, :], self.w_cols[p_t])[:, 0]
@@ -122,16 +123,25 @@ def _windows_forward(model: Any, x_eeg: np.ndarray | None, x_fmri: np.ndarray | 
                      device: torch.device, batch_size: int):
     """Full forward pass (``encode``) of windows, in batches (None: modality left out)."""
     mus, lvs = [], []
+    dtype = model_dtype(model)
     with torch.no_grad():
         n = (x_eeg if x_eeg is not None else x_fmri).shape[0]
         for s in range(0, n, batch_size):
             e, f = (None if x is None else
-                    torch.as_tensor(x[s : s + batch_size], device=device, dtype=torch.float32)
+                    torch.as_tensor(x[s : s + batch_size], device=device, dtype=dtype)
                     for x in (x_eeg, x_fmri))
             mu, lv = model.encode(x_eeg=e, x_fmri=f)
             mus.append(mu)
             lvs.append(lv)
     return torch.cat(mus), torch.cat(lvs)
+
+
+def model_dtype(model: Any) -> torch.dtype:
+    """Precision of the masking arithmetic: the model's floating-point parameter type
+    (float32 for a float32 or half-precision model, float64 for a float64 one)."""
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()),
+                 torch.float32)
+    return torch.promote_types(dtype, torch.float32)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -189,10 +199,11 @@ def _unit_ids(data: MaskingData, kind: str, units: np.ndarray | None, ctx: PassC
     return ctx.occurrences_of(units)[0]
 
 
-def _deltas(data: MaskingData, kind: str, base: np.ndarray, win, pos) -> np.ndarray:
+def _deltas(data: MaskingData, kind: str, base: np.ndarray, win, pos,
+            dtype: type = np.float32) -> np.ndarray:
     if kind == "eeg":
-        return base[win, :, pos] - np.asarray(data.x_eeg[win, :, pos], dtype=np.float32)
-    return base[win, pos] - np.asarray(data.x_fmri[win, pos], dtype=np.float32)
+        return base[win, :, pos].astype(dtype) - np.asarray(data.x_eeg[win, :, pos], dtype=dtype)
+    return base[win, pos].astype(dtype) - np.asarray(data.x_fmri[win, pos], dtype=dtype)
 
 
 def _model_name(model: Any) -> str:
@@ -229,12 +240,13 @@ def _context(model, data, kind, *, baseline, measure, pvalue, n_null, n_boot, ba
         omnibus = OmnibusTables(decoder, mu0, output_targets(data.x_eeg, data.x_fmri, kind),
                                 data.window_runs)
     base = compute_baseline(data, kind, baseline)
+    np_dtype = torch.empty(0, dtype=model_dtype(model)).numpy().dtype
     return PassContext(
         model=model, kind=kind, engine=_Engine(model, data, kind, device, batch_size, context),
         decode=lambda head, mu, lv: _decode(model, head, kind, mu, lv), ref=ref,
         const_lv=const_lv, targets=targets, nulls=nulls, omnibus=omnibus,
         occurrences_of=lambda units: occurrences(data, kind, units),
-        deltas=lambda win, pos: _deltas(data, kind, base, win, pos), measure=measure,
+        deltas=lambda win, pos: _deltas(data, kind, base, win, pos, np_dtype), measure=measure,
         pvalue=pvalue, n_null=n_null, n_boot=n_boot, batch_size=batch_size, rng=rng)
 
 

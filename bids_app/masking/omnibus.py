@@ -62,8 +62,8 @@ class AffineDecoder:
     linear: bool = False
 
     def features(self, z: torch.Tensor) -> torch.Tensor:
-        """``phi(z) = [z, h(z)]``, or ``z`` for a linear decoder (``(B, P)``, float32, on
-        the decoder's device)."""
+        """``phi(z) = [z, h(z)]``, or ``z`` for a linear decoder (``(B, P)``, in the
+        decoder's precision and on its device)."""
         if self.linear:
             return z
         with torch.no_grad():
@@ -88,7 +88,7 @@ def affine_decoder(decoder: nn.Module) -> AffineDecoder | None:
         weight = weight.double().cpu().numpy()
         bias = (skip.bias + net[-1].bias).double().cpu().numpy()
         z = torch.randn(4, skip.in_features, generator=torch.Generator().manual_seed(0))
-        z = z.to(skip.weight.device)
+        z = z.to(skip.weight.device, skip.weight.dtype)
         mean = decoder(z)[0]
     n_out = weight.shape[0]
     out = AffineDecoder(decoder, weight, bias, linear)
@@ -153,14 +153,16 @@ class OmnibusTables:
         #: circular-shift null of the whitened, run-centred outputs (one group of r)
         self.shift = CircularShiftNull(((self.y_proj - run_mean) @ pinv)[:, None, :],
                                        window_runs)
-        # per-occurrence work runs in float32 on the model's device (the forward pass's
-        # precision): one product gives the quadratic form, one gather both residuals
-        dev = decoder.module.skip.weight.device
-        self.phi0 = torch.as_tensor(phi0, dtype=torch.float32, device=dev)
-        self._proj = torch.as_tensor(proj, dtype=torch.float32, device=dev)
+        # per-occurrence work runs in the forward pass's precision (float32, or float64
+        # for a float64 model) on the model's device: one product gives the quadratic
+        # form, one gather both residuals
+        dev, dtype = decoder.module.skip.weight.device, decoder.module.skip.weight.dtype
+        dtype = torch.promote_types(dtype, torch.float32)
+        self.phi0 = torch.as_tensor(phi0, dtype=dtype, device=dev)
+        self._proj = torch.as_tensor(proj, dtype=dtype, device=dev)
         self._rho = torch.as_tensor(np.stack([(self.y_proj - self.m0_proj) @ pinv,
                                               (run_mean - self.m0_proj) @ pinv], axis=1),
-                                    dtype=torch.float32, device=dev)
+                                    dtype=dtype, device=dev)
 
     def occurrences(self, mu1: torch.Tensor, win: np.ndarray) -> dict[str, np.ndarray]:
         """Per-occurrence statistics of masked posteriors ``mu1`` in windows ``win``.

@@ -18,6 +18,7 @@ from bids_app.masking.occlusion import (
     _unmasked_heads,
     _windows_forward,
     head_names,
+    model_dtype,
     resolve_device,
 )
 from bids_app.masking.omnibus import calibrated_variance
@@ -74,8 +75,9 @@ def naive_occlusion(
         sse = ((y_all - ref["cross_outputs"][0]) ** 2).reshape(len(y_all), -1).sum(axis=0)
         calib = calibrated_variance(sse, len(y_all))
     acc: dict[str, dict[str, list]] = {h: {"smd": [], "kl": [], "dll": []} for h in heads}
-    x_eeg = np.asarray(data.x_eeg, dtype=np.float32)
-    x_fmri = np.asarray(data.x_fmri, dtype=np.float32)
+    dtype = torch.empty(0, dtype=model_dtype(model)).numpy().dtype  # the model's precision
+    x_eeg = np.asarray(data.x_eeg, dtype=dtype)
+    x_fmri = np.asarray(data.x_fmri, dtype=dtype)
     for u in range(len(units)):
         win, pos = occ[starts[u] : starts[u + 1], 0], occ[starts[u] : starts[u + 1], 1]
         rows = np.unique(win)  # only the windows the unit touches

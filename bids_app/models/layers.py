@@ -205,12 +205,14 @@ def product_of_experts(
         The product's mean and log-variance, ``(B, L)``.
     """
     batch = like.shape[0]
-    precision = torch.ones(batch, latent_dim, dtype=torch.float32, device=like.device)
+    # at least float32 (half precision under autocast), float64 for a float64 model
+    dtype = torch.promote_types(like.dtype, torch.float32)
+    precision = torch.ones(batch, latent_dim, dtype=dtype, device=like.device)
     weighted = torch.zeros_like(precision)
     for mu, logvar in experts:
-        p = torch.exp(-logvar.float())
+        p = torch.exp(-logvar.to(dtype))
         precision = precision + p
-        weighted = weighted + mu.float() * p
+        weighted = weighted + mu.to(dtype) * p
     return weighted / precision, -torch.log(precision)
 
 
