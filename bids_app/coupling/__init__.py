@@ -30,8 +30,10 @@ from bids_app.coupling.bands import (
     z_to_q,
 )
 from bids_app.coupling.design import (
+    SHAPE_PEAKS_S,
     acquisition_times,
     hrf_matrix,
+    hrf_shapes,
     nuisance_design,
     residualize,
     run_nuisance,
@@ -43,8 +45,10 @@ from bids_app.coupling.noise import ARModel, fit_ar
 from bids_app.coupling.tables import power_peaks, source_channel_table
 
 __all__ = [
-    "FDR_FAMILY", "ARModel", "BandCoupling", "BlockTest", "CouplingGLM", "acquisition_times",
+    "FDR_FAMILY", "SHAPE_PEAKS_S", "ARModel", "BandCoupling", "BlockTest", "CouplingGLM",
+    "acquisition_times",
     "circular_shifts", "couple_bands", "fdr_bh", "fit_ar", "fit_coupling_glm", "hrf_matrix",
+    "hrf_shapes",
     "local_correlation", "nuisance_design", "power_peaks", "residualize", "run_nuisance",
     "select_confounds", "signed_z",
     "source_channel_table", "standardize", "z_to_q",

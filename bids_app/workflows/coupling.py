@@ -131,6 +131,7 @@ def run_coupling_workflow(run: Any, eeg: Any, fmri: Any, config: Any, writer: An
     bold = _bold_matrix(fmri.bold_mni, grid.voxel_ijk, n)
     frame_times = cp.acquisition_times(onsets, fmri.slice_time_ref_s)
     hrf = cp.hrf_matrix(onsets, fmri.tr, frame_times, hrf_model=ccfg.hrf_model)
+    shapes = cp.hrf_shapes(onsets, fmri.tr, frame_times, peaks_s=tuple(ccfg.hrf_shape_peaks_s))
     nuisance = cp.run_nuisance(frame_times, fmri.confounds, ccfg.confounds,
                                high_pass_hz=ccfg.high_pass_hz, n_basis=hrf.shape[0],
                                max_ar_order=ccfg.max_ar_order)
@@ -139,7 +140,7 @@ def run_coupling_workflow(run: Any, eeg: Any, fmri: Any, config: Any, writer: An
         bold=bold, hrf=hrf, weights=grid.weights, nuisance=nuisance, rr_mm=grid.rr_mm,
         ch_names=maps.ch_names, window_s=fmri.tr, n_peaks=ccfg.n_peaks, n_shifts=ccfg.n_shifts,
         min_shift_s=ccfg.min_shift_s, max_ar_order=ccfg.max_ar_order,
-        n_null_voxels=ccfg.n_null_voxels,
+        n_null_voxels=ccfg.n_null_voxels, shapes=shapes if len(shapes) else None,
     )
     images = {f"{kind}_{name}": _voxel_img(grid, getattr(res, attr))
               for name, res in bands.items() for kind, attr in IMAGE_MAPS.items()}

@@ -97,7 +97,7 @@ def _run(hrf: str | None, noise_kind: str = "planted", seed: int = 0, *,
         bold=bold[:, keep], hrf=cp.hrf_matrix(onsets, TR, times, hrf_model=BASIS),
         weights=weights[keep], nuisance=cp.nuisance_design(times, None),
         rr_mm=maps.grid.rr_mm, ch_names=maps.ch_names, window_s=TR, n_shifts=10,
-        n_null_voxels=10_000)
+        n_null_voxels=10_000, shapes=cp.hrf_shapes(onsets, TR, times))
     return SimpleNamespace(results=results, planted={k: v[keep] for k, v in planted.items()})
 
 
@@ -149,13 +149,38 @@ def test_ar_model_recovers_order_and_coefficients():
     design = np.column_stack([np.ones(n), np.cos(np.pi * np.outer(np.arange(n) + 0.5,
                                                                    np.arange(1, 6)) / n)])
     resid = cp.residualize(y, design)
-    model = noise.fit_ar(noise.autocovariances(resid, 4), noise.bias_matrix(design, 4), n,
-                         max_order=4)
-    assert model.order == 2
-    np.testing.assert_allclose(np.median(model.coefs, axis=0), [a1, a2], atol=0.03)
-    white = model.whiten(y)
+    args = (noise.autocovariances(resid, 4), noise.bias_matrix(design, 4), n)
+    own = noise.fit_ar(*args, max_order=4, shrink=False)
+    shrunk = noise.fit_ar(*args, max_order=4)
+    for model in (own, shrunk):
+        assert model.order == 2
+        np.testing.assert_allclose(np.median(model.coefs, axis=0), [a1, a2], atol=0.03)
+    # each voxel's own filter removes its own lag-1 autocorrelation
+    white = own.whiten(y)
     lag1 = (white[1:] * white[:-1]).sum(0) / (white**2).sum(0)
     assert abs(np.median(lag1)) < 0.02
+    # every voxel has the same true coefficients: shrinkage towards the mean over voxels
+    # removes most of the estimation noise
+    err = {k: np.sqrt(((m.coefs - [a1, a2]) ** 2).mean()) for k, m in (("own", own),
+                                                                       ("shrunk", shrunk))}
+    assert err["shrunk"] < 0.5 * err["own"], err
+
+
+def test_ar_shrinkage_keeps_real_differences():
+    """Voxels whose AR(1) coefficients really differ (0.2-0.6, as in the nulls) keep most of
+    their own value: the shrinkage weight follows the spread beyond the sampling noise."""
+    rng = np.random.default_rng(1)
+    n, n_vox = 300, 4000
+    rho = rng.uniform(0.2, 0.6, n_vox)
+    y = rng.normal(size=(n, n_vox))
+    for t in range(1, n):
+        y[t] += rho * y[t - 1]
+    design = np.ones((n, 1))
+    resid = cp.residualize(y, design)
+    model = noise.fit_ar(noise.autocovariances(resid, 1), noise.bias_matrix(design, 1), n,
+                         max_order=1, order=1)
+    slope = np.polyfit(rho, model.coefs[:, 0], 1)[0]
+    assert 0.7 < slope < 1.05, slope
 
 
 def test_block_f_matches_least_squares():
@@ -250,7 +275,8 @@ def _hard(hrf: str | None, seed: int, noise_kind: str = "planted") -> SimpleName
         {b: (maps.source_power[b], maps.channel_power[b]) for b, _, _ in BANDS},
         bold=run.bold[:, keep], hrf=hrf_basis, weights=maps.grid.weights[keep],
         nuisance=nuisance, rr_mm=maps.grid.rr_mm, ch_names=maps.ch_names, window_s=TR,
-        n_shifts=10, n_null_voxels=10_000)
+        n_shifts=10, n_null_voxels=10_000,
+        shapes=cp.hrf_shapes(run.onsets, TR, run.times, peaks_s=cfg.hrf_shape_peaks_s))
     return SimpleNamespace(results=results, planted={k: v[keep] for k, v in run.planted.items()},
                            band_of=run.band_of)
 
