@@ -120,12 +120,21 @@ def test_planted_recall_and_false_positives(hrf, min_recall):
     assert (beta.local_q[luminance] < 0.05).mean() > (beta.q[luminance] < 0.05).mean()
 
 
-def test_source_resolved_map_needs_the_right_source():
+@pytest.mark.parametrize("name, band", [
+    pytest.param("luminance_lo", "beta", marks=pytest.mark.xfail(strict=True, reason=(
+        "With the max-t test the shuffled map still finds 0.44 of the beta source's voxels "
+        "(0.99 with the right map; docs/methods.md)"))),
+    ("motion_mt", "theta")])
+def test_source_resolved_map_needs_the_right_source(name, band):
     """With the voxel -> source map shuffled, source-resolved recall falls to at most half
     of the 0.8 claimed with the right map (the local AUROC stays high either way)."""
-    run = _run("canonical", shuffle_sources=True)
-    for name, band in (("luminance_lo", "beta"), ("motion_mt", "theta")):
-        assert (run.results[band].local_q[run.planted[name]] < 0.05).mean() <= 0.4, name
+    run = _shuffled_run()
+    assert (run.results[band].local_q[run.planted[name]] < 0.05).mean() <= 0.4, name
+
+
+@functools.cache
+def _shuffled_run() -> SimpleNamespace:
+    return _run("canonical", shuffle_sources=True)
 
 
 @pytest.mark.parametrize("noise_kind", ["ar1", "1f"])
@@ -308,14 +317,23 @@ def _hard_fp(band: str) -> float:
     return hits / total
 
 
-_ISSUE_RECALL_FAILS = ("Issue 15's recall claim fails on hard BOLD: with the canonical "
-                       "HRF alpha / beta / theta reach about 0.4 / 0.3 / 0.1 (docs/methods.md)")
+#: Recall measured on the hard seeds where issue 15's claim still fails (docs/methods.md).
+_HARD_RECALL_FAILS = {("canonical", "beta"): 0.56, ("canonical", "theta"): 0.28,
+                      ("delayed2s", "theta"): 0.18, ("peak8p5s", "beta"): 0.58,
+                      ("peak8p5s", "theta"): 0.14}
 
 
-@pytest.mark.xfail(strict=True, reason=_ISSUE_RECALL_FAILS)
+def _recall_case(hrf: str, band: str):
+    claim = 0.8 if hrf == "canonical" else 0.6
+    measured = _HARD_RECALL_FAILS.get((hrf, band))
+    marks = () if measured is None else pytest.mark.xfail(strict=True, reason=(
+        f"Issue 15's recall claim fails on hard BOLD for {band} with the {hrf} HRF: "
+        f"measured {measured:.2f} < {claim} (docs/methods.md)"))
+    return pytest.param(hrf, band, claim, marks=marks, id=f"{hrf}-{band}")
+
+
 @pytest.mark.parametrize("hrf, band, claim", [
-    (hrf, band, 0.8 if hrf == "canonical" else 0.6)
-    for hrf in HARD_SEEDS for band in ("alpha", "beta", "theta")])
+    _recall_case(hrf, band) for hrf in HARD_SEEDS for band in ("alpha", "beta", "theta")])
 def test_hard_recall_issue_claim(hrf, band, claim):
     """Issue 15: recall >= 0.8 with the canonical HRF, >= 0.6 delayed 2 s or peaking at 8.5 s."""
     assert _hard_recall(hrf, band) >= claim, _hard_recall(hrf, band)
@@ -339,9 +357,11 @@ def _null_rates(noise_kind: str) -> dict:
             for m in ("p", "local_p")}
 
 
-@pytest.mark.xfail(strict=True, reason="On hard BOLD the shift-based p-values are "
-                   "conservative: p < .05 in 3.5-5.6 % of the voxels (docs/methods.md)")
-@pytest.mark.parametrize("noise_kind", ["ar1", "1f"])
+@pytest.mark.parametrize("noise_kind", [
+    "ar1", pytest.param("1f", marks=pytest.mark.xfail(strict=True, reason=(
+        "Under the hard 1/f null p < .05 in 3.2-5.8 % of the voxels (theta global 3.2 %, "
+        "alpha source-resolved 3.9 %); one alignment's rate varies by up to 1 point between "
+        "exchangeable shifts (docs/methods.md)")))])
 def test_hard_null_issue_claim(noise_kind):
     """Issue 15: uncorrected p < .05 in 4-6 % of the voxels under AR(1) and 1/f nulls."""
     rates = _null_rates(noise_kind)
