@@ -236,6 +236,63 @@ def test_short_run_keeps_valid_degrees_of_freedom():
     assert fit.local_test.df_den >= 1 and fit.ar_order == 1 and len(fit.shifts) == 11
     for test in (fit.global_test, fit.local_test):
         assert np.all((test.p > 0) & (test.p <= 1)) and np.isfinite(test.f).all()
+    # the max-t test over HRF shapes (the pipeline's default) as well
+    fit = cglm.fit_coupling_glm(
+        rng.normal(size=(n, n_vox)), cp.hrf_matrix(onsets, TR, times, hrf_model=BASIS),
+        rng.normal(size=n), rng.normal(size=(n, n_src)), weights,
+        cp.nuisance_design(times, confounds).to_numpy(), window_s=TR,
+        shapes=cp.hrf_shapes(onsets, TR, times))
+    for test in (fit.global_test, fit.local_test):
+        assert np.all((test.p > 0) & (test.p <= 1)) and np.isfinite(test.stat).all()
+        assert set(np.unique(test.best_shape)) <= set(range(len(cp.SHAPE_PEAKS_S)))
+
+
+def test_block_max_t_matches_single_regressor_t():
+    """t^2 of contrast a = that of the regressor X a after the covariates, with the full
+    model's residual variance; the maximum is over the contrasts."""
+    rng = np.random.default_rng(4)
+    n, n_vox = 80, 4
+    cov = rng.normal(size=(n, n_vox, 2))
+    tested = rng.normal(size=(n, n_vox, 3))
+    y = rng.normal(size=(n, n_vox)) + 0.4 * tested[..., 1]
+    contrasts = cglm.np.array([[1.0, 0, 0], [0.6, 0.8, 0], [0, 0.6, 0.8]])
+    cols = [cov[..., i] for i in range(2)] + [tested[..., i] for i in range(3)]
+    xx, xy = cglm._gram(cols), cglm._gram(cols, [y])[..., 0]
+    f_ratio, t2_ratio, sign, best = cglm.block_max_t((y**2).sum(0), xy, xx, contrasts,
+                                                     covariates=2)
+    for v in range(n_vox):
+        full = np.column_stack([cov[:, v], tested[:, v]])
+        rss_full = np.linalg.lstsq(full, y[:, v], rcond=None)[1][0]
+        s2 = rss_full / (n - 5)
+        t2 = []
+        for a in contrasts:
+            x = cp.residualize((tested[:, v] @ a)[:, None], cov[:, v])[:, 0]
+            yr = cp.residualize(y[:, [v]], cov[:, v])[:, 0]
+            t2.append((x @ yr) ** 2 / (x @ x) / s2)
+        np.testing.assert_allclose(t2_ratio[v] * (n - 5), max(t2), rtol=1e-8)
+        assert best[v] == int(np.argmax(t2))
+    ratio_f, _ = cglm.block_f((y**2).sum(0), xy, xx, covariates=2)
+    np.testing.assert_allclose(f_ratio, ratio_f, rtol=1e-10)
+
+
+def test_pareto_tail_extends_the_pooled_null():
+    """Below the null's 99th percentile the p-value is the empirical one; beyond it the
+    fitted generalised Pareto tail, continuous at the threshold and below the empirical
+    floor far out; an exponential null's tail is recovered."""
+    rng = np.random.default_rng(5)
+    null = rng.exponential(size=200_000)
+    obs = np.array([0.5, 3.0, np.quantile(null, 0.99) + 1e-9, 10.0, 14.0])
+    p = cglm._tail_p(obs, null)
+    emp = cglm._pooled_p(obs, null)
+    np.testing.assert_allclose(p[:2], emp[:2])
+    np.testing.assert_allclose(p[2], 0.01, rtol=0.02)
+    # 2 and 4 decades beyond the threshold the extrapolation is right within its sampling
+    # error (the shape is estimated from 2000 exceedances)
+    np.testing.assert_allclose(p[3], np.exp(-obs[3]), rtol=0.5)
+    assert np.exp(-obs[4]) / 5 < p[4] < 1 / (1 + len(null))
+    # too few exceedances for a fit: empirical p-values throughout
+    small = rng.exponential(size=5000)
+    np.testing.assert_allclose(cglm._tail_p(obs, small), cglm._pooled_p(obs, small))
 
 
 def test_confound_selection_prefix_and_spike_guard(caplog):
