@@ -73,7 +73,8 @@ def couple(run: MNIRun, *, confounds: tuple[str, ...] = CFG.confounds, baseline:
         {b: (maps.source_power[b], maps.channel_power[b]) for b, _, _ in BANDS},
         bold=bold, hrf=hrf, weights=maps.grid.weights[keep], nuisance=nuisance,
         rr_mm=maps.grid.rr_mm, ch_names=maps.ch_names, window_s=TR, n_shifts=n_shifts,
-        n_null_voxels=10_000)
+        n_null_voxels=10_000,
+        shapes=cp.hrf_shapes(run.onsets, TR, run.times, peaks_s=CFG.hrf_shape_peaks_s))
     q = {"eegfmri": {b: np.minimum(r.q, r.local_q) for b, r in res.items()}}
     p = {"eegfmri global": {b: r.p for b, r in res.items()},
          "eegfmri source-resolved": {b: r.local_p for b, r in res.items()}}

@@ -137,11 +137,15 @@ class SourceConfig:
 class CouplingConfig:
     """EEG <-> fMRI coupling statistics."""
 
-    # canonical HRF + temporal + dispersion derivatives, tested jointly (F test)
+    # canonical HRF + temporal + dispersion derivatives; the test is the largest t over the
+    # basis projections of double-gamma HRFs peaking at these times (s); empty: F test of
+    # the basis columns
     hrf_model: str = "spm + derivative + dispersion"
+    hrf_shape_peaks_s: tuple[float, ...] = (4.0, 5.0, 6.0, 7.0, 8.0, 9.0)
     high_pass_hz: float = 0.01
     fdr_q: float = 0.05
-    # AR(p) prewhitening, p <= max_ar_order chosen per run by AIC (bias-corrected)
+    # AR(p) prewhitening, p <= max_ar_order chosen per run by AIC (bias-corrected
+    # autocorrelations, shrunk towards their mean over voxels)
     max_ar_order: int = 4
     # within-run circular shifts of the EEG power that form the null of the p-values
     n_shifts: int = 20

@@ -121,7 +121,8 @@ def couple_bands(power: Mapping[str, tuple[np.ndarray, np.ndarray]], *, bold: np
                  hrf: np.ndarray, weights: sparse.spmatrix, nuisance: pd.DataFrame,
                  rr_mm: np.ndarray, ch_names: list[str], window_s: float, n_peaks: int = 5,
                  n_shifts: int = 20, min_shift_s: float = 30.0, max_ar_order: int = 4,
-                 n_null_voxels: int = 10000) -> dict[str, BandCoupling]:
+                 n_null_voxels: int = 10000, shapes: np.ndarray | None = None
+                 ) -> dict[str, BandCoupling]:
     """All coupling statistics of one run, q-values from one FDR family.
 
     Parameters
@@ -150,6 +151,9 @@ def couple_bands(power: Mapping[str, tuple[np.ndarray, np.ndarray]], *, bold: np
         Highest AR order of the noise model.
     n_null_voxels : int
         Voxels whose shifted statistics form the pooled null.
+    shapes : ndarray, shape (n_shapes, n_frames, n_win), optional
+        HRF shapes of the max-t test (:func:`bids_app.coupling.design.hrf_shapes`; the
+        pipeline's default); None: F test of the basis.
 
     Returns
     -------
@@ -163,7 +167,7 @@ def couple_bands(power: Mapping[str, tuple[np.ndarray, np.ndarray]], *, bold: np
         glm = fit_coupling_glm(bold, hrf, global_power, standardize(source_power), weights,
                                design, window_s=window_s, n_shifts=n_shifts,
                                min_shift_s=min_shift_s, max_ar_order=max_ar_order,
-                               n_null_voxels=n_null_voxels)
+                               n_null_voxels=n_null_voxels, shapes=shapes)
         canonical = residualize(hrf[0] @ standardize(source_power), design)
         local_r = local_correlation(bold, (weights @ canonical.T).T, nuisance,
                                     regressors_residualized=True)

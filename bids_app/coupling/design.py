@@ -5,20 +5,36 @@ Band power per volume window is convolved with an HRF basis (nilearn's
 slice-time reference). The default basis is the SPM canonical HRF with its temporal and
 dispersion derivatives (Friston et al. 1998), so a response that peaks earlier or later, or
 is wider, than the canonical one is still captured by the span of the three columns.
+:func:`hrf_shapes` gives the responses of a grid of double-gamma HRFs peaking at 4-9 s
+(:data:`SHAPE_PEAKS_S`), whose projections on the basis are the directions the coupling
+test maximises over (:func:`bids_app.coupling.glm.shape_contrasts`).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
 from nilearn.glm.first_level import compute_regressor, make_first_level_design_matrix
+from scipy import stats
 
 logger = logging.getLogger(__name__)
 
 #: Prefix of the one-volume spike columns (fMRIPrep's ``motion_outlierNN``).
 SPIKE_PREFIX = "motion_outlier"
+#: Peak times (s) of the HRF shapes of the coupling test: the canonical 5 s and the range
+#: of regions and subjects (Handwerker et al. 2004) up to the late responses of issue 15.
+SHAPE_PEAKS_S = (4.0, 5.0, 6.0, 7.0, 8.0, 9.0)
+
+
+def _double_gamma(t_r: float, oversampling: int = 50, *, peak_s: float = 5.0,
+                  time_length: float = 32.0) -> np.ndarray:
+    """SPM-like double-gamma HRF peaking at ``peak_s`` (undershoot 10 s later, ratio 1/6)."""
+    t = np.linspace(0, time_length, int(np.rint(time_length * oversampling / t_r)))
+    h = stats.gamma.pdf(t, peak_s + 1.0) - stats.gamma.pdf(t, peak_s + 11.0) / 6.0
+    return h / h.sum()
 
 
 def acquisition_times(volume_onsets_s: np.ndarray, slice_time_ref_s: float) -> np.ndarray:
@@ -27,7 +43,7 @@ def acquisition_times(volume_onsets_s: np.ndarray, slice_time_ref_s: float) -> n
 
 
 def hrf_matrix(window_onsets_s: np.ndarray, window_length_s: float, frame_times: np.ndarray,
-               *, hrf_model: str = "spm", oversampling: int = 16) -> np.ndarray:
+               *, hrf_model: str | Callable = "spm", oversampling: int = 16) -> np.ndarray:
     """Linear maps from per-window power to HRF-convolved regressors at ``frame_times``.
 
     Column j of basis function b is the response (nilearn ``compute_regressor``) to a unit
@@ -42,9 +58,10 @@ def hrf_matrix(window_onsets_s: np.ndarray, window_length_s: float, frame_times:
         Window length.
     frame_times : ndarray, shape (n_frames,)
         BOLD acquisition times.
-    hrf_model : str
+    hrf_model : str or callable
         nilearn HRF model (``spm``, ``spm + derivative``, ``spm + derivative + dispersion``,
-        ``glover``...). The first basis function is always the canonical response.
+        ``glover``..., or a kernel function ``f(t_r, oversampling)``). The first basis
+        function is always the canonical response.
     oversampling : int
         Temporal oversampling of the convolution.
 
@@ -60,6 +77,30 @@ def hrf_matrix(window_onsets_s: np.ndarray, window_length_s: float, frame_times:
                                    min_onset=-24)
         columns.append(reg)
     return np.stack(columns, axis=-1).transpose(1, 0, 2)
+
+
+def _peaking_at(peak_s: float) -> Callable:
+    """Kernel function ``f(t_r, oversampling)`` of :func:`_double_gamma` (named for nilearn)."""
+    def kernel(t_r: float, oversampling: int = 50) -> np.ndarray:
+        return _double_gamma(t_r, oversampling, peak_s=peak_s)
+    kernel.__name__ = f"hrf_peak_{peak_s:g}s"
+    return kernel
+
+
+def hrf_shapes(window_onsets_s: np.ndarray, window_length_s: float, frame_times: np.ndarray,
+               *, peaks_s: tuple[float, ...] = SHAPE_PEAKS_S, oversampling: int = 16
+               ) -> np.ndarray:
+    """:func:`hrf_matrix` of double-gamma HRFs peaking at each of ``peaks_s``.
+
+    Returns
+    -------
+    ndarray, shape (len(peaks_s), n_frames, n_win)
+    """
+    return np.concatenate([
+        hrf_matrix(window_onsets_s, window_length_s, frame_times, oversampling=oversampling,
+                   hrf_model=_peaking_at(float(peak)))
+        for peak in peaks_s]) if len(peaks_s) else np.zeros((0, len(frame_times),
+                                                               len(window_onsets_s)))
 
 
 def standardize(x: np.ndarray, axis: int = 0) -> np.ndarray:

@@ -11,6 +11,18 @@ autocovariances ``gamma`` (R: residual-forming matrix, D_l: lag-l shift; Worsley
 each voxel gets its own Yule-Walker coefficients (Levinson-Durbin, vectorised over voxels)
 and data and design are whitened by that voxel's filter (the first ``p`` frames are
 dropped, so the degrees of freedom fall by ``p``; Woolrich et al. 2001).
+
+A voxel's autocorrelations estimated from ~100 frames are noisy (standard error about
+``1/sqrt(n)``, Bartlett 1946), and the variance of a slow (HRF-convolved) regressor's
+effect depends steeply on them, so estimation noise alone makes the statistics of some
+voxels too large and others too small: a heavy-tailed pooled null. By default
+(``shrink=True``) every voxel's bias-corrected autocorrelation at each lag is shrunk
+towards the mean over voxels by the empirical-Bayes (James-Stein) factor
+``1 - s^2 / var``, where ``var`` is the spread of the estimates over voxels and ``s^2``
+their sampling variance from Bartlett's formula: voxels keep their own value where the
+spread exceeds the sampling noise, and borrow strength where it does not (the spatial
+regularisation of Worsley et al. 2002 and Woolrich et al. 2001, without needing
+neighbours; Efron & Morris 1973).
 """
 
 from __future__ import annotations
@@ -105,8 +117,36 @@ def levinson_durbin(rho: np.ndarray, max_order: int) -> tuple[list[np.ndarray], 
     return coefs, np.column_stack(errors)
 
 
+def shrink_autocorrelations(rho: np.ndarray, n_dof: float) -> np.ndarray:
+    """Empirical-Bayes shrinkage of per-voxel autocorrelations towards their mean.
+
+    Parameters
+    ----------
+    rho : ndarray, shape (n_vox, max_lag + 1)
+        Autocorrelations (``rho[:, 0] == 1``).
+    n_dof : float
+        Residual degrees of freedom of the series they were estimated from.
+
+    Returns
+    -------
+    ndarray, shape (n_vox, max_lag + 1)
+        ``mean + w_l (rho - mean)`` per lag l, ``w_l = max(0, 1 - s_l^2 / var_l)``, with
+        Bartlett's sampling variance ``s_l^2 = (1 + 2 sum_{j<l} mean_j^2) / n_dof``.
+    """
+    rho = np.asarray(rho, float)
+    if len(rho) < 3:
+        return rho
+    mean, spread = rho.mean(0), rho.var(0)
+    bartlett = (1 + 2 * np.concatenate([[0.0, 0.0], np.cumsum(mean[1:] ** 2)[:-1]]))
+    weight = np.clip(1 - bartlett / max(n_dof, 1.0) / np.maximum(spread, 1e-12), 0.0, 1.0)
+    weight[0] = 1.0
+    out = mean + weight * (rho - mean)
+    out[:, 0] = 1.0
+    return out
+
+
 def fit_ar(autocov: np.ndarray, bias: np.ndarray, n_frames: int, *, max_order: int,
-           order: int | None = None) -> ARModel:
+           order: int | None = None, shrink: bool = True) -> ARModel:
     """Bias-corrected AR model of every voxel, order chosen by the mean Akaike criterion.
 
     Parameters
@@ -121,6 +161,9 @@ def fit_ar(autocov: np.ndarray, bias: np.ndarray, n_frames: int, *, max_order: i
         Highest AR order considered (at least 1).
     order : int or None
         Use this order instead of choosing one.
+    shrink : bool
+        Shrink the autocorrelations towards their mean over voxels
+        (:func:`shrink_autocorrelations`).
 
     Returns
     -------
@@ -130,6 +173,9 @@ def fit_ar(autocov: np.ndarray, bias: np.ndarray, n_frames: int, *, max_order: i
     gamma0 = np.where(gamma[:, :1] > 0, gamma[:, :1], 1.0)
     rho = np.clip(gamma / gamma0, -0.99, 0.99)
     rho[:, 0] = 1.0
+    if shrink:
+        # bias[0, 0] = tr(R): the residual degrees of freedom of the first-pass fit
+        rho = shrink_autocorrelations(rho, float(bias[0, 0]))
     coefs, error = levinson_durbin(rho, max_order)
     orders = np.arange(1, max_order + 1)
     aic = (n_frames * np.log(np.maximum(error, 1e-12)) + 2 * orders).mean(0)

@@ -50,6 +50,10 @@ REFERENCES = {
                 "derivative terms. NeuroImage 22:252-257.",
     "fdr": "Benjamini Y, Hochberg Y (1995) Controlling the false discovery rate. J R Stat Soc "
            "B 57:289-300.",
+    "latency": "Worsley KJ, Taylor JE (2006) Detecting fMRI activation allowing for unknown "
+               "latency of the hemodynamic response. NeuroImage 29:649-654.",
+    "tail": "Winkler AM et al. (2016) Faster permutation inference in brain imaging. "
+            "NeuroImage 141:502-516.",
     "natview": "Telesford QK et al. (2023) An open-access dataset of naturalistic viewing "
                "using simultaneous EEG-fMRI. Sci Data 10:554.",
 }
@@ -206,8 +210,9 @@ def _coupling_part(coupling: Any, writer: Any, subject: str, prefix: str,
         "Band", f"Voxels q<{q:g} (global)", "max |z|", "FDR |z| threshold",
         "Peak |z| (MNI mm)", f"Voxels q<{q:g} (source-resolved)", "max |local r|",
         "Noise model"), "rows": rows}] if rows else []
-    text = ("Global: F test of the mean-channel band power convolved with the canonical HRF "
-            "and its temporal and dispersion derivatives. Source-resolved: the same test of "
+    text = ("Global: test of the mean-channel band power convolved with the canonical HRF "
+            "and its temporal and dispersion derivatives (largest t over HRF shapes peaking at "
+            "4-9 s, or F test of the basis). Source-resolved: the same test of "
             "the band power of the EEG source at each voxel, beside the global regressors. "
             "p-values from within-run circular shifts of the EEG power; q-values from one "
             "Benjamini-Hochberg family per run: the global and the source-resolved test of "
@@ -264,17 +269,23 @@ def methods_text(config: Any) -> tuple[list[str], list[str]]:
            f"power ({bands}) of each source was computed for each fMRI volume window and "
            f"interpolated to the fMRI grid.")
     used.append("eloreta")
+    peaks = ", ".join(f"{p:g}" for p in c.hrf_shape_peaks_s)
+    test = (f"the largest t statistic over HRFs peaking at {peaks} s (projected on the basis)"
+            if c.hrf_shape_peaks_s else "F tests over the basis")
     coup = (f"Band power envelopes were convolved with an HRF basis ({c.hrf_model}) and "
             f"sampled at the acquisition times of the volumes. For each band and voxel, a "
             f"GLM with {len(c.confounds)} confounds and cosine drifts (high-pass "
             f"{c.high_pass_hz:g} Hz), prewhitened with a per-voxel AR(p) model (bias-corrected, "
-            f"p <= {c.max_ar_order} chosen by AIC), tested the mean-channel band power (global) "
+            f"p <= {c.max_ar_order} chosen by AIC, autocorrelations shrunk towards their mean "
+            f"over voxels), tested the mean-channel band power (global) "
             f"and the band power of the EEG source at the voxel beside it (source-resolved) "
-            f"with F tests over the basis. p-values came from {c.n_shifts} within-run "
-            f"circular shifts of the EEG power (at least {c.min_shift_s:g} s) and q-values "
-            f"from one Benjamini-Hochberg family per run (global and source-resolved tests of "
-            f"every band and voxel), thresholded at FDR q < {c.fdr_q:g}.")
-    used += ["hrf", "hrfderiv", "goldman", "nilearn", "prewhiten", "fdr"]
+            f"with {test}. p-values came from {c.n_shifts} within-run circular shifts of the "
+            f"EEG power (at least {c.min_shift_s:g} s; generalised Pareto tail beyond the "
+            f"pooled null's 99th percentile) and q-values from one Benjamini-Hochberg family "
+            f"per run (global and source-resolved tests of every band and voxel), thresholded "
+            f"at FDR q < {c.fdr_q:g}.")
+    used += ["hrf", "hrfderiv", "goldman", "nilearn", "prewhiten", "fdr", "tail"]
+    used += ["latency"] if c.hrf_shape_peaks_s else []
     return [" ".join(eeg), fmri, src, coup], [REFERENCES[k] for k in dict.fromkeys(used)]
 
 

@@ -131,6 +131,7 @@ def run_coupling_workflow(run: Any, eeg: Any, fmri: Any, config: Any, writer: An
     bold = _bold_matrix(fmri.bold_mni, grid.voxel_ijk, n)
     frame_times = cp.acquisition_times(onsets, fmri.slice_time_ref_s)
     hrf = cp.hrf_matrix(onsets, fmri.tr, frame_times, hrf_model=ccfg.hrf_model)
+    shapes = cp.hrf_shapes(onsets, fmri.tr, frame_times, peaks_s=tuple(ccfg.hrf_shape_peaks_s))
     nuisance = cp.run_nuisance(frame_times, fmri.confounds, ccfg.confounds,
                                high_pass_hz=ccfg.high_pass_hz, n_basis=hrf.shape[0],
                                max_ar_order=ccfg.max_ar_order)
@@ -139,7 +140,7 @@ def run_coupling_workflow(run: Any, eeg: Any, fmri: Any, config: Any, writer: An
         bold=bold, hrf=hrf, weights=grid.weights, nuisance=nuisance, rr_mm=grid.rr_mm,
         ch_names=maps.ch_names, window_s=fmri.tr, n_peaks=ccfg.n_peaks, n_shifts=ccfg.n_shifts,
         min_shift_s=ccfg.min_shift_s, max_ar_order=ccfg.max_ar_order,
-        n_null_voxels=ccfg.n_null_voxels,
+        n_null_voxels=ccfg.n_null_voxels, shapes=shapes if len(shapes) else None,
     )
     images = {f"{kind}_{name}": _voxel_img(grid, getattr(res, attr))
               for name, res in bands.items() for kind, attr in IMAGE_MAPS.items()}
@@ -222,14 +223,19 @@ def _statmap_sidecars(band: str, res: cp.BandCoupling, config: Any, n_tests: int
     model = {
         "HRFModel": ccfg.hrf_model, "HighPass": ccfg.high_pass_hz,
         "NoiseModel": f"AR({glm.ar_order}) prewhitening per voxel, bias-corrected "
-        f"autocorrelations, order chosen by AIC (<= {ccfg.max_ar_order})",
+        f"autocorrelations shrunk towards their mean over voxels (empirical Bayes), order "
+        f"chosen by AIC (<= {ccfg.max_ar_order})",
         "NullModel": f"{len(glm.shifts)} within-run circular shifts of the EEG band power "
-        f"(>= {ccfg.min_shift_s:g} s), F statistics pooled over {ccfg.n_null_voxels} voxels",
+        f"(>= {ccfg.min_shift_s:g} s), statistics pooled over {ccfg.n_null_voxels} voxels, "
+        f"generalised Pareto tail beyond the pooled null's 99th percentile",
         "FDRFamily": cp.FDR_FAMILY, "FDRTests": n_tests, "FDRq": ccfg.fdr_q,
     }
-    global_model = (f"F test of the {band} mean-channel band power convolved with the HRF "
-                    "basis (confounds, cosine drifts)")
-    local_model = (f"F test of the {band} band power of the EEG source at the voxel convolved "
+    stat = (f"Largest squared t over HRFs peaking at "
+            f"{', '.join(f'{p:g}' for p in ccfg.hrf_shape_peaks_s)} s (projected on the HRF "
+            f"basis)" if ccfg.hrf_shape_peaks_s else "F test of the HRF basis")
+    global_model = (f"{stat}: {band} mean-channel band power convolved with the HRF basis "
+                    "(confounds, cosine drifts)")
+    local_model = (f"{stat}: {band} band power of the EEG source at the voxel convolved "
                    "with the HRF basis, beside the global band-power regressors (confounds, "
                    "cosine drifts)")
     out = {}
@@ -237,7 +243,7 @@ def _statmap_sidecars(band: str, res: cp.BandCoupling, config: Any, n_tests: int
                                ("local", glm.local_test, local_model)):
         dof = {"DegreesOfFreedom": [test.df_num, test.df_den]}
         out[f"{prefix}z"] = {**model, **dof, "Description": f"Signed z of the circular-shift "
-                             f"p-value ({text}); sign of the canonical-HRF coefficient."}
+                             f"p-value ({text}); sign of the best HRF shape's coefficient."}
         out[f"{prefix}p"] = {**model, **dof, "Description": f"Uncorrected circular-shift "
                              f"p-value ({text})."}
         out[f"{prefix}q"] = {**model, **dof, "Description": f"Benjamini-Hochberg q-value "
