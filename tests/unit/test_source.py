@@ -156,6 +156,44 @@ def test_bad_segments_are_left_out_of_window_power():
 
 
 
+def test_welch_csd_diagonal_is_scipy_welch():
+    from scipy import signal
+
+    from bids_app.eeg import features
+
+    rng = np.random.default_rng(0)
+    data = rng.normal(size=(3, 5000))
+    freqs, csd = features.welch_csd(data, 250.0, fmin=1.0, fmax=45.0)
+    f, psd = signal.welch(data, 250.0, nperseg=500)
+    keep = (f >= 1.0) & (f <= 45.0)
+    np.testing.assert_allclose(freqs, f[keep])
+    np.testing.assert_allclose(np.einsum("fcc->cf", csd), psd[:, keep], rtol=1e-10)
+    good = np.ones(5000, bool)
+    good[:600] = False  # the first two segments are left out
+    _, part = features.welch_csd(data, 250.0, fmin=1.0, fmax=45.0, good=good)
+    _, rest = features.welch_csd(data[:, 750:], 250.0, fmin=1.0, fmax=45.0)
+    np.testing.assert_allclose(part, rest)
+
+
+def test_aperiodic_fit_ignores_rhythms_and_leaves_the_periodic_power():
+    freqs = np.arange(1.0, 45.5, 0.5)
+    background = 10.0 ** (2.0 - 1.5 * np.log10(freqs))
+    peak = 20.0 * np.exp(-0.5 * ((freqs - 6.0) / 1.0) ** 2)
+    spectra = np.stack([background, background + peak])
+    offset, exponent = source.fit_aperiodic(freqs, spectra)
+    np.testing.assert_allclose(exponent, 1.5, atol=0.05)
+    np.testing.assert_allclose(offset, 2.0, atol=0.1)
+    gain = ((freqs >= 4.0) & (freqs < 8.0)).astype(float)
+    share = source.aperiodic_share(freqs, spectra, offset, exponent, gain)
+    assert abs(share[0] - 1.0) < 0.05  # no rhythm: all of it is background
+    truth = (background * gain).sum() / ((background + peak) * gain).sum()
+    assert abs(share[1] - truth) < 0.05
+
+
+def test_background_option():
+    with pytest.raises(ValueError, match="background"):
+        source.compute_source_maps(None, np.zeros(1), 2.0, None, bands=(), background="1/f")
+
 
 @functools.lru_cache(maxsize=8)
 def _hard_errors(task: str, seed: int, neural_seed: int | None = None) -> dict[str, float]:
