@@ -5,12 +5,17 @@ The volume source space is laid on the fMRI brain mask (MNI) at ``source.source_
 the electrodes (or a user fsaverage BEM), and the inverse is eLORETA by default (sLORETA,
 dSPM, MNE selectable). Band power of each source over each volume window is computed from
 window band covariances as ``sum_orientations diag(K C K^T)``, then interpolated to every
-in-mask voxel of the fMRI grid.
+in-mask voxel of the fMRI grid. By default each source's aperiodic (1/f) background is
+fitted to its spectrum over the run and its share of the band power subtracted
+(:func:`subtract_aperiodic`), so a rhythm is mapped by its power above the background and
+not lost under the 1/f power of a broad low band.
 
 References
 ----------
 Pascual-Marqui RD (2007) arXiv:0710.3341 (eLORETA). Pascual-Marqui RD (2002) Methods Find
 Exp Clin Pharmacol 24D:5-12 (sLORETA). Dale AM et al. (2000) Neuron 26:55-67 (dSPM).
+Donoghue T et al. (2020) Nat Neurosci 23:1655-1665 (aperiodic fit, spectral
+parameterisation).
 """
 
 from __future__ import annotations
@@ -55,6 +60,9 @@ class SourceMaps:
         Channel names.
     method : str
         Inverse method.
+    background : str
+        ``"aperiodic"`` when ``source_power`` is the power above each source's aperiodic
+        (1/f) background, ``"none"`` for total band power.
     """
 
     grid: forward.SourceGrid
@@ -64,6 +72,7 @@ class SourceMaps:
     channel_power: dict[str, np.ndarray]
     ch_names: list[str]
     method: str
+    background: str = "none"
 
     def power_img(self, band: str) -> nib.Nifti1Image:
         """4D image (one volume per window) of the band's source power on the fMRI grid."""
@@ -240,7 +249,7 @@ def aperiodic_share(freqs: np.ndarray, spectra: np.ndarray, offset: np.ndarray,
 
 def subtract_aperiodic(kernel: np.ndarray, data: np.ndarray, sfreq: float, bands: tuple,
                        src_power: dict[str, np.ndarray], good: np.ndarray | None = None
-                       ) -> dict[str, np.ndarray]:
+                       ) -> dict[str, np.ndarray] | None:
     """Band power above the aperiodic (1/f) background of each source.
 
     The spectrum of each source over the whole run is fitted by :func:`fit_aperiodic`
@@ -266,8 +275,9 @@ def subtract_aperiodic(kernel: np.ndarray, data: np.ndarray, sfreq: float, bands
 
     Returns
     -------
-    dict
-        Band -> (n_win, n_src) power minus the aperiodic band power of each source.
+    dict | None
+        Band -> (n_win, n_src) power minus the aperiodic band power of each source; None
+        (with a warning) when no segment of the run is free of bad samples.
     """
     fmin = max(min(lo for _, lo, _ in bands), 1.0 / APERIODIC_SEGMENT_S)
     fmax = min(max(hi for _, _, hi in bands), 0.45 * sfreq)
@@ -276,7 +286,7 @@ def subtract_aperiodic(kernel: np.ndarray, data: np.ndarray, sfreq: float, bands
     if not np.all(np.isfinite(csd)):
         logger.warning("No good %.0f s segment for the aperiodic fit; source power is "
                        "left with its 1/f background.", APERIODIC_SEGMENT_S)
-        return src_power
+        return None
     spectra = source_spectra(kernel, csd)
     offset, exponent = fit_aperiodic(freqs, spectra)
     out = {}
@@ -353,9 +363,10 @@ def compute_source_maps(raw: mne.io.BaseRaw, window_onsets_s: np.ndarray, window
     covs = features.band_covariances(data, raw.info["sfreq"], bands, bounds, good)
     src_power = {b: source_power(kernel, c) for b, c in covs.items()}
     if background == "aperiodic":
-        src_power = subtract_aperiodic(kernel, data, raw.info["sfreq"], bands, src_power, good)
+        above = subtract_aperiodic(kernel, data, raw.info["sfreq"], bands, src_power, good)
+        src_power, background = (src_power, "none") if above is None else (above, background)
     ch_power = {b: features.channel_power(c) for b, c in covs.items()}
     logger.info("Source maps (%s): %d sources, %d windows, bands %s.", method, len(grid.rr_mm),
                 len(bounds), ", ".join(covs))
     return SourceMaps(grid, np.asarray(window_onsets_s, float), float(window_length_s),
-                      src_power, ch_power, list(raw.ch_names), method)
+                      src_power, ch_power, list(raw.ch_names), method, background)
