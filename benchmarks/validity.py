@@ -21,7 +21,8 @@ checks (BOLD, source localisation, models, masking) are to be added as rows:
   given eegfmri's R-peaks; both on eegfmri's gradient-corrected data.
 
 - localisation and bad channels (:mod:`validity_source`): median and max error per
-  planted source with the pipeline's default bands, eegfmri (eLORETA) beside MNE's sLORETA
+  planted source with the pipeline's default bands, eegfmri (eLORETA, power above the
+  aperiodic background) beside MNE's sLORETA
   on the same forward and bands; % of clean simulated channels flagged bad, eegfmri's
   pyprep criteria beside MNE's local outlier factor. One recording per seed and task.
 - coupling (:func:`coupling_rows`, :mod:`coupling_runs`): recall of planted voxels at

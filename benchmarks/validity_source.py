@@ -3,10 +3,12 @@
 - localisation: each planted source of the ``checker`` and ``tp`` tasks simulated by
   :func:`bids_app.simulate.neural.simulate_neural` (ideal or hard realism), imaged with the
   pipeline's defaults (:func:`bids_app.eeg.source.compute_source_maps`: eLORETA, diagonal
-  noise covariance, ``SourceConfig.bands``) and scored by
+  noise covariance, ``SourceConfig.bands``, power above each source's aperiodic (1/f)
+  background) and scored by
   :func:`bids_app.simulate.scenario.localisation_error` in the default band holding the
   source. Baseline: MNE's sLORETA (:func:`mne.minimum_norm.apply_inverse_cov`) on the same
-  electrodes, head model, grid, noise covariance and band, scored the same way.
+  electrodes, head model, grid, noise covariance and band (total band power), scored the
+  same way.
 - bad channels: % of the 61 channels flagged on clean simulated EEG (brain activity only,
   after the pipeline's band-pass), eegfmri's pyprep criteria beside MNE's local outlier
   factor (:func:`mne.preprocessing.find_bad_channels_lof`).

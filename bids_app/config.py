@@ -131,6 +131,9 @@ class SourceConfig:
     source_spacing_mm: float = 10.0
     noise_cov: str = "diagonal"
     noise_cov_baseline_s: tuple[float, ...] = ()
+    # "aperiodic": band power above each source's fitted 1/f background (docs/methods.md);
+    # "none": total band power
+    background: str = "aperiodic"
 
 
 @dataclass(frozen=True)

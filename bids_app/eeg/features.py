@@ -12,6 +12,7 @@ import logging
 
 import mne
 import numpy as np
+from scipy import signal
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,78 @@ def band_filter(data: np.ndarray, sfreq: float, l_freq: float, h_freq: float) ->
     h = min(h_freq, 0.45 * sfreq)
     return mne.filter.filter_data(np.asarray(data, np.float64), sfreq, l_freq, h,
                                   verbose="error")
+
+
+def band_gain(sfreq: float, l_freq: float, h_freq: float, freqs: np.ndarray) -> np.ndarray:
+    """Power gain ``|H(f)|^2`` of :func:`band_filter`'s FIR band-pass at ``freqs``.
+
+    Parameters
+    ----------
+    sfreq : float
+        Sampling rate.
+    l_freq, h_freq : float
+        Pass band edges in Hz (as given to :func:`band_filter`).
+    freqs : ndarray
+        Frequencies (Hz).
+
+    Returns
+    -------
+    ndarray
+        Gain at each frequency (1 in the pass band, 0 far in the stop bands).
+    """
+    h = mne.filter.create_filter(None, sfreq, l_freq, min(h_freq, 0.45 * sfreq),
+                                 verbose="error")
+    n_fft = max(8192, 2 ** int(np.ceil(np.log2(len(h)))))
+    gain = np.abs(np.fft.rfft(h, n_fft)) ** 2
+    return np.interp(freqs, np.fft.rfftfreq(n_fft, 1.0 / sfreq), gain)
+
+
+def welch_csd(data: np.ndarray, sfreq: float, *, fmin: float, fmax: float,
+              segment_s: float = 2.0, good: np.ndarray | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Real part of the channel cross-spectral density (Welch: Hann, 50 % overlap).
+
+    Only segments whose samples are all good are averaged. The diagonal is the one-sided
+    power spectral density (V^2/Hz) of :func:`scipy.signal.welch` with the same segments
+    (between DC and Nyquist).
+
+    Parameters
+    ----------
+    data : ndarray, shape (n_ch, n_times)
+        Channel data.
+    sfreq : float
+        Sampling rate.
+    fmin, fmax : float
+        Frequency range kept (Hz).
+    segment_s : float
+        Segment length (s); the frequency resolution is ``1 / segment_s``.
+    good : ndarray of bool | None
+        Good samples (see :func:`good_samples`); None uses all.
+
+    Returns
+    -------
+    freqs : ndarray, shape (n_freqs,)
+    csd : ndarray, shape (n_freqs, n_ch, n_ch)
+        NaN when no segment is good.
+    """
+    n = int(round(segment_s * sfreq))
+    window = signal.get_window("hann", n)
+    freqs = np.fft.rfftfreq(n, 1.0 / sfreq)
+    keep = (freqs >= fmin) & (freqs <= fmax)
+    acc = np.zeros((int(keep.sum()), data.shape[0], data.shape[0]))
+    count = 0
+    for start in range(0, data.shape[1] - n + 1, n // 2):
+        if good is not None and not good[start:start + n].all():
+            continue
+        seg = np.asarray(data[:, start:start + n], np.float64)
+        spec = np.fft.rfft((seg - seg.mean(axis=1, keepdims=True)) * window, axis=1)[:, keep]
+        acc += np.einsum("cf,df->fcd", spec.real, spec.real)
+        acc += np.einsum("cf,df->fcd", spec.imag, spec.imag)
+        count += 1
+    if count == 0:
+        return freqs[keep], np.full_like(acc, np.nan)
+    scale = 2.0 / (sfreq * np.sum(window**2))
+    return freqs[keep], acc * (scale / count)
 
 
 def window_bounds(onsets_s: np.ndarray, length_s: float, sfreq: float, n_times: int,

@@ -5,12 +5,17 @@ The volume source space is laid on the fMRI brain mask (MNI) at ``source.source_
 the electrodes (or a user fsaverage BEM), and the inverse is eLORETA by default (sLORETA,
 dSPM, MNE selectable). Band power of each source over each volume window is computed from
 window band covariances as ``sum_orientations diag(K C K^T)``, then interpolated to every
-in-mask voxel of the fMRI grid.
+in-mask voxel of the fMRI grid. By default each source's aperiodic (1/f) background is
+fitted to its spectrum over the run and its share of the band power subtracted
+(:func:`subtract_aperiodic`), so a rhythm is mapped by its power above the background and
+not lost under the 1/f power of a broad low band.
 
 References
 ----------
 Pascual-Marqui RD (2007) arXiv:0710.3341 (eLORETA). Pascual-Marqui RD (2002) Methods Find
 Exp Clin Pharmacol 24D:5-12 (sLORETA). Dale AM et al. (2000) Neuron 26:55-67 (dSPM).
+Donoghue T et al. (2020) Nat Neurosci 23:1655-1665 (aperiodic fit, spectral
+parameterisation).
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ logger = logging.getLogger(__name__)
 
 METHODS = ("eLORETA", "sLORETA", "dSPM", "MNE")
 NOISE_COV_KINDS = ("diagonal", "adhoc", "baseline")
+BACKGROUNDS = ("aperiodic", "none")
+#: Welch segment length of the aperiodic fit (s): 0.5 Hz resolution.
+APERIODIC_SEGMENT_S = 2.0
 
 
 @dataclass
@@ -43,13 +51,18 @@ class SourceMaps:
     window_length_s : float
         Window length (the TR).
     source_power : dict
-        Band -> (n_win, n_src) power (squared inverse units).
+        Band -> (n_win, n_src) power (squared inverse units); with the default
+        ``background="aperiodic"`` of :func:`compute_source_maps` the power above each
+        source's aperiodic (1/f) background, so windows can be negative.
     channel_power : dict
         Band -> (n_win, n_ch) power in V^2.
     ch_names : list of str
         Channel names.
     method : str
         Inverse method.
+    background : str
+        ``"aperiodic"`` when ``source_power`` is the power above each source's aperiodic
+        (1/f) background, ``"none"`` for total band power.
     """
 
     grid: forward.SourceGrid
@@ -59,6 +72,7 @@ class SourceMaps:
     channel_power: dict[str, np.ndarray]
     ch_names: list[str]
     method: str
+    background: str = "none"
 
     def power_img(self, band: str) -> nib.Nifti1Image:
         """4D image (one volume per window) of the band's source power on the fMRI grid."""
@@ -160,12 +174,140 @@ def source_power(kernel: np.ndarray, covs: np.ndarray) -> np.ndarray:
     return out
 
 
+def source_spectra(kernel: np.ndarray, csd: np.ndarray) -> np.ndarray:
+    """Power spectrum of each source: sum over orientations of diag(K S(f) K^T).
+
+    Parameters
+    ----------
+    kernel : ndarray, shape (n_src, 3, n_ch)
+        Inverse kernel.
+    csd : ndarray, shape (n_freqs, n_ch, n_ch)
+        Channel cross-spectral density (:func:`bids_app.eeg.features.welch_csd`).
+
+    Returns
+    -------
+    ndarray, shape (n_src, n_freqs)
+    """
+    return source_power(kernel, csd).T
+
+
+def fit_aperiodic(freqs: np.ndarray, spectra: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Aperiodic (1/f) fit ``log10 P(f) = offset - exponent * log10 f`` of each spectrum.
+
+    The robust fit of spectral parameterisation ("fixed" aperiodic mode, Donoghue et al.
+    2020): a least-squares line in log-log coordinates, then a second fit to the frequencies
+    at or below the first line, so that spectral peaks (rhythms) do not lift the background.
+
+    Parameters
+    ----------
+    freqs : ndarray, shape (n_freqs,)
+        Frequencies (Hz, > 0).
+    spectra : ndarray, shape (n_spectra, n_freqs)
+        Power spectra (> 0).
+
+    Returns
+    -------
+    offset, exponent : ndarray, shape (n_spectra,)
+    """
+    x = np.log10(np.asarray(freqs, float))
+    y = np.log10(np.maximum(np.asarray(spectra, float), np.finfo(float).tiny))
+    design = np.stack([np.ones_like(x), -x], axis=1)
+    coef = np.linalg.lstsq(design, y.T, rcond=None)[0]  # (2, n_spectra)
+    below = y <= (design @ coef).T
+    refit = np.empty_like(coef)
+    for i, keep in enumerate(below):
+        keep = keep if keep.sum() >= 3 else np.ones_like(keep)
+        refit[:, i] = np.linalg.lstsq(design[keep], y[i, keep], rcond=None)[0]
+    return refit[0], refit[1]
+
+
+def aperiodic_share(freqs: np.ndarray, spectra: np.ndarray, offset: np.ndarray,
+                    exponent: np.ndarray, gain: np.ndarray) -> np.ndarray:
+    """Fraction of each source's band power that the aperiodic fit explains, in [0, 1].
+
+    ``sum_f g(f) A(f) / sum_f g(f) P(f)`` with ``g`` the band filter's power gain, ``A`` the
+    aperiodic fit and ``P`` the measured spectrum, over the fitted frequencies.
+
+    Parameters
+    ----------
+    freqs : ndarray, shape (n_freqs,)
+    spectra : ndarray, shape (n_src, n_freqs)
+    offset, exponent : ndarray, shape (n_src,)
+        From :func:`fit_aperiodic`.
+    gain : ndarray, shape (n_freqs,)
+        Power gain of the band filter (:func:`bids_app.eeg.features.band_gain`).
+
+    Returns
+    -------
+    ndarray, shape (n_src,)
+    """
+    model = 10.0 ** (offset[:, None] - exponent[:, None] * np.log10(freqs)[None])
+    total = spectra @ gain
+    share = np.divide(model @ gain, total, out=np.ones_like(total), where=total > 0)
+    return np.clip(share, 0.0, 1.0)
+
+
+def subtract_aperiodic(kernel: np.ndarray, data: np.ndarray, sfreq: float, bands: tuple,
+                       src_power: dict[str, np.ndarray], good: np.ndarray | None = None
+                       ) -> dict[str, np.ndarray] | None:
+    """Band power above the aperiodic (1/f) background of each source.
+
+    The spectrum of each source over the whole run is fitted by :func:`fit_aperiodic`
+    between the lowest and the highest band edge; in each band, the share of the source's
+    mean window power that the fit explains (:func:`aperiodic_share`) is subtracted from
+    every window. The mean over windows is then the periodic power of the band (the rhythm
+    above the background); the window-to-window changes are untouched.
+
+    Parameters
+    ----------
+    kernel : ndarray, shape (n_src, 3, n_ch)
+        Inverse kernel.
+    data : ndarray, shape (n_ch, n_times)
+        Average-referenced channel data.
+    sfreq : float
+        Sampling rate.
+    bands : tuple of (name, l_freq, h_freq)
+        Frequency bands.
+    src_power : dict
+        Band -> (n_win, n_src) window band power (:func:`source_power`).
+    good : ndarray of bool | None
+        Good samples.
+
+    Returns
+    -------
+    dict | None
+        Band -> (n_win, n_src) power minus the aperiodic band power of each source; None
+        (with a warning) when no segment of the run is free of bad samples.
+    """
+    fmin = max(min(lo for _, lo, _ in bands), 1.0 / APERIODIC_SEGMENT_S)
+    fmax = min(max(hi for _, _, hi in bands), 0.45 * sfreq)
+    freqs, csd = features.welch_csd(data, sfreq, fmin=fmin, fmax=fmax,
+                                    segment_s=APERIODIC_SEGMENT_S, good=good)
+    if not np.all(np.isfinite(csd)):
+        logger.warning("No good %.0f s segment for the aperiodic fit; source power is "
+                       "left with its 1/f background.", APERIODIC_SEGMENT_S)
+        return None
+    spectra = source_spectra(kernel, csd)
+    offset, exponent = fit_aperiodic(freqs, spectra)
+    out = {}
+    for name, lo, hi in bands:
+        share = aperiodic_share(freqs, spectra, offset, exponent,
+                                features.band_gain(sfreq, lo, hi, freqs))
+        power = src_power[name]
+        mean = np.nanmean(power, axis=0) if np.isfinite(power).any() else np.zeros(
+            power.shape[1])
+        out[name] = power - share * np.nan_to_num(mean)
+    logger.info("Aperiodic fit %.1f-%.1f Hz: exponent median %.2f (range %.2f-%.2f).", fmin,
+                fmax, np.median(exponent), exponent.min(), exponent.max())
+    return out
+
+
 def compute_source_maps(raw: mne.io.BaseRaw, window_onsets_s: np.ndarray, window_length_s: float,
                         mask_img: nib.Nifti1Image, *, bands: tuple, method: str = "eLORETA",
                         snr: float = 3.0, spacing_mm: float = 10.0, noise_cov: str = "diagonal",
                         noise_cov_baseline_s: tuple[float, float] | None = None,
                         montage: str = "standard_1005", electrodes=None,
-                        subjects_dir=None) -> SourceMaps:
+                        subjects_dir=None, background: str = "aperiodic") -> SourceMaps:
     """Band power of channels and of sources on the fMRI grid, per volume window.
 
     Parameters
@@ -195,11 +337,16 @@ def compute_source_maps(raw: mne.io.BaseRaw, window_onsets_s: np.ndarray, window
         BIDS ``_electrodes.tsv`` of the session (see :func:`forward.read_electrodes`).
     subjects_dir : Path | None
         FreeSurfer directory with fsaverage (optional BEM).
+    background : str
+        ``"aperiodic"``: source power above each source's aperiodic (1/f) background
+        (:func:`subtract_aperiodic`); ``"none"``: total band power.
 
     Returns
     -------
     SourceMaps
     """
+    if background not in BACKGROUNDS:
+        raise ValueError(f"Source background must be one of {BACKGROUNDS}, got {background!r}.")
     raw = raw.copy().pick("eeg", exclude="bads")
     forward.set_positions(raw, montage=montage, electrodes=electrodes)  # MNI-aligned frame
     raw.set_eeg_reference("average", projection=True, verbose="error")
@@ -212,11 +359,14 @@ def compute_source_maps(raw: mne.io.BaseRaw, window_onsets_s: np.ndarray, window
     data = data - data.mean(axis=0, keepdims=True)  # average reference applied to the data
     bounds = features.window_bounds(window_onsets_s, window_length_s, raw.info["sfreq"],
                                     data.shape[1], first_sample_s=0.0)
-    covs = features.band_covariances(data, raw.info["sfreq"], bands, bounds,
-                                     features.good_samples(raw))
+    good = features.good_samples(raw)
+    covs = features.band_covariances(data, raw.info["sfreq"], bands, bounds, good)
     src_power = {b: source_power(kernel, c) for b, c in covs.items()}
+    if background == "aperiodic":
+        above = subtract_aperiodic(kernel, data, raw.info["sfreq"], bands, src_power, good)
+        src_power, background = (src_power, "none") if above is None else (above, background)
     ch_power = {b: features.channel_power(c) for b, c in covs.items()}
     logger.info("Source maps (%s): %d sources, %d windows, bands %s.", method, len(grid.rr_mm),
                 len(bounds), ", ".join(covs))
     return SourceMaps(grid, np.asarray(window_onsets_s, float), float(window_length_s),
-                      src_power, ch_power, list(raw.ch_names), method)
+                      src_power, ch_power, list(raw.ch_names), method, background)

@@ -35,6 +35,8 @@ REFERENCES = {
     "prep": "Bigdely-Shamlo N et al. (2015) The PREP pipeline. Front Neuroinform 9:16.",
     "eloreta": "Pascual-Marqui RD (2007) Discrete, 3D distributed, linear imaging methods of "
                "electric neuronal activity. arXiv:0710.3341.",
+    "aperiodic": "Donoghue T et al. (2020) Parameterizing neural power spectra into periodic "
+                 "and aperiodic components. Nat Neurosci 23:1655-1665.",
     "mne": "Gramfort A et al. (2013) MEG and EEG data analysis with MNE-Python. Front "
            "Neurosci 7:267.",
     "nilearn": "Abraham A et al. (2014) Machine learning for neuroimaging with scikit-learn. "
@@ -268,7 +270,14 @@ def methods_text(config: Any) -> tuple[list[str], list[str]]:
            f"mask, with {head}; data were simulated with a different (4-shell) model. Band "
            f"power ({bands}) of each source was computed for each fMRI volume window and "
            f"interpolated to the fMRI grid.")
+    if s.background == "aperiodic":
+        src += (" The aperiodic (1/f) background of each source was fitted to its spectrum "
+                "over the run (robust log-log fit, as in spectral parameterisation) and its "
+                "share of each band's power subtracted, so that maps show power above the "
+                "background.")
     used.append("eloreta")
+    if s.background == "aperiodic":
+        used.append("aperiodic")
     peaks = ", ".join(f"{p:g}" for p in c.hrf_shape_peaks_s)
     test = (f"the largest t statistic over HRFs peaking at {peaks} s (projected on the basis)"
             if c.hrf_shape_peaks_s else "F tests over the basis")

@@ -125,7 +125,7 @@ def run_coupling_workflow(run: Any, eeg: Any, fmri: Any, config: Any, writer: An
         snr=scfg.snr, spacing_mm=scfg.source_spacing_mm, noise_cov=scfg.noise_cov,
         noise_cov_baseline_s=tuple(scfg.noise_cov_baseline_s) or None,
         montage=config.eeg.montage, electrodes=getattr(run, "electrodes", None),
-        subjects_dir=scfg.subjects_dir,
+        subjects_dir=scfg.subjects_dir, background=scfg.background,
     )
     grid = maps.grid
     bold = _bold_matrix(fmri.bold_mni, grid.voxel_ijk, n)
@@ -191,10 +191,13 @@ def _write_outputs(result: CouplingResult, run: Any, fmri: Any, config: Any,
         img = maps.power_img(name)
         img.header.set_xyzt_units("mm", "sec")
         img.header["pixdim"][4] = maps.window_length_s
+        above = (" above the source's aperiodic (1/f) background (its mean over the windows is "
+                 "the band's periodic power)" if maps.background == "aperiodic" else "")
         writer.write_nifti(path, img, sources=sources, sidecar={
-            **common, "Description": f"EEG {name} band ({lo:g}-{hi:g} Hz) source power, one "
-            "volume per fMRI volume window (volume onset to onset + TR), interpolated from "
+            **common, "Description": f"EEG {name} band ({lo:g}-{hi:g} Hz) source power{above}, "
+            "one volume per fMRI volume window (volume onset to onset + TR), interpolated from "
             "the source grid to the fMRI grid.", "FrequencyBand": [lo, hi],
+            "SourceBackground": maps.background,
             "RepetitionTime": maps.window_length_s, "Units": "arbitrary (squared inverse units)"})
         result.files[f"eegsource_{name}"] = path
         stats = _statmap_sidecars(name, result.bands[name], config, result.fdr_tests,
