@@ -117,6 +117,8 @@ class _OutputLayer:
 
     def sum_k(self, x: torch.Tensor) -> torch.Tensor:
         """Sum over the ``K`` outputs of each group: ``(n, F)`` -> ``(n, G)``."""
+        if self.k == 1:  # one output per group (voxels): nothing to sum
+            return x
         if self.swap:
             return x.reshape(len(x), self.k, self.n_groups).sum(dim=1)
         return x.reshape(len(x), self.n_groups, self.k).sum(dim=2)
@@ -190,8 +192,10 @@ class _OutputLayer:
 
 
 def _block(layer: _OutputLayer, ctx: PassContext, win: np.ndarray, pos: np.ndarray,
-           unit: np.ndarray, n_units: int, sparse: bool) -> dict[str, torch.Tensor]:
-    """Per-unit float64 sums of one block of occurrences (``unit``: local unit index)."""
+           unit: np.ndarray, n_units: int, sparse: bool, accumulator
+           ) -> dict[str, torch.Tensor]:
+    """Per-unit float64 sums of one block of occurrences (``unit``: local unit index),
+    added into ``accumulator(key)`` (a zeroed ``(n_units, G)`` float64 tensor)."""
     delta = ctx.deltas(win, pos)
     bs = ctx.batch_size
     dev = layer.device
@@ -206,24 +210,23 @@ def _block(layer: _OutputLayer, ctx: PassContext, win: np.ndarray, pos: np.ndarr
         m1 = layer.decoder(mu1)[0].reshape(len(win), -1)
         d = m1.double() - layer.m0[win_t]
         b = d * layer.prec
-        half = 0.5 * d
-        per_occ = {"kl": 0.5 * layer.sum_k(b * d)}
-        per_occ["smd"] = torch.sqrt(per_occ["kl"] * (2.0 / layer.k))
-        per_occ["dll"] = layer.sum_k(b * (layer.resid[win_t] - half))
+        kl = 0.5 * layer.sum_k(b * d)  # sum_K p d^2 / 2 = sum_K b d / 2
+        per_occ = {"kl": kl, "smd": torch.sqrt(kl * (2.0 / layer.k))}
+        # dll = sum_K b (y - m0 - d/2) = sum_K b (y - m0) - kl; the null mean likewise
+        per_occ["dll"] = layer.sum_k(b * layer.resid[win_t]) - kl
         if ctx.pvalue == "gaussian":
-            per_occ["null_e"] = layer.sum_k(b * (layer.resid_bar[win_t] - half))
+            per_occ["null_e"] = layer.sum_k(b * layer.resid_bar[win_t]) - kl
         if ctx.n_boot > 0:
             value = per_occ["dll"].neg() if ctx.measure == "dll" else per_occ[ctx.measure]
             per_occ["v1"] = value.double()
             per_occ["v2"] = per_occ["v1"] ** 2  # squared in float64, as the reference
         sums = {}
         for key, x in per_occ.items():
-            acc = torch.zeros(n_units, layer.n_groups, dtype=torch.float64, device=dev)
-            sums[key] = acc.index_add_(0, unit_t, x.double())
+            sums[key] = accumulator(key).index_add_(0, unit_t, x.double())
         if ctx.pvalue == "gaussian":
             b64 = layer.grouped(b)
             variance = layer.lag_variance if sparse else layer.fft_variance
-            sums["null_var"] = variance(b64, win, unit, n_units)
+            sums["null_var"] = accumulator("null_var").add_(variance(b64, win, unit, n_units))
     return sums
 
 
@@ -257,19 +260,31 @@ def per_output_pass(ctx: PassContext, units: np.ndarray | None
         return run_pass(ctx, (HEAD,), units)
     layer = _OutputLayer(ctx)
     sparse = counts.max() <= SPARSE_MAX_OCCURRENCES
-    keys = ("smd", "kl", "dll", "null_e", "v1", "v2", "null_var")
-    total = {k: np.zeros((len(units), layer.n_groups)) for k in keys}
+    total: dict[str, np.ndarray] = {}  # (U, G) sums, allocated for the statistics computed
+    on_cpu = layer.device.type == "cpu"
     for u0, u1 in _chunks(starts, max(1, BLOCK_ELEMENTS // layer.n_out)):
         s0, s1 = int(starts[u0]), int(starts[u1])
         unit = np.repeat(np.arange(u1 - u0), counts[u0:u1])
-        sums = _block(layer, ctx, occ[s0:s1, 0], occ[s0:s1, 1], unit, u1 - u0, sparse)
-        for key, value in sums.items():
-            total[key][u0:u1] = value.cpu().numpy()
+
+        def accumulator(key: str, u0: int = u0, u1: int = u1) -> torch.Tensor:
+            if key not in total:
+                total[key] = np.zeros((len(units), layer.n_groups))
+            if on_cpu:  # sum straight into the result
+                return torch.from_numpy(total[key][u0:u1])
+            return torch.zeros(u1 - u0, layer.n_groups, dtype=torch.float64,
+                               device=layer.device)
+
+        sums = _block(layer, ctx, occ[s0:s1, 0], occ[s0:s1, 1], unit, u1 - u0, sparse,
+                      accumulator)
+        if not on_cpu:
+            for key, value in sums.items():
+                total[key][u0:u1] = value.cpu().numpy()
     n = counts.astype(float)[:, None]
-    stats = {key: total[key] / n for key in ("smd", "kl", "dll")}
+    # means in place: (U, G) arrays are hundreds of MB for NATVIEW-size voxel outputs
+    stats = {key: np.divide(total[key], n, out=total[key]) for key in ("smd", "kl", "dll")}
     if ctx.n_boot > 0:
         stats["lo"], stats["hi"] = st.normal_ci_from_sums(total["v1"], total["v2"], n)
     if ctx.pvalue == "gaussian":
-        stats["null_mean"] = -total["null_e"] / n
+        stats["null_mean"] = np.divide(total["null_e"], -n, out=total["null_e"])
         stats["null_sd"] = np.sqrt(np.maximum(total["null_var"], 0.0)) / n
     return units, starts, {HEAD: stats}
