@@ -139,6 +139,28 @@ def _solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.linalg.solve(a + ridge * np.eye(a.shape[-1]), b)
 
 
+def _tested_block(yy: np.ndarray, xy: np.ndarray, xx: np.ndarray, covariates: int
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Cross-products of the tested block after partialling out the covariates.
+
+    Returns ``tt`` (n_vox, q, q), ``ty`` (n_vox, q), the block's coefficients ``beta``
+    (n_vox, q), its extra sum of squares (n_vox,) and the full model's residual sum of
+    squares (n_vox,), for the arguments of :func:`block_f`.
+    """
+    c = covariates
+    q = xx.shape[-1] - c
+    tt, ty = xx[:, c:, c:], xy[:, c:]
+    if c:
+        ct = _solve(xx[:, :c, :c], np.concatenate([xx[:, :c, c:], xy[:, :c, None]], -1))
+        tt = tt - np.einsum("vci,vcj->vij", xx[:, :c, c:], ct[..., :q])
+        ty = ty - np.einsum("vci,vc->vi", xx[:, :c, c:], ct[..., q])
+        yy = yy - np.einsum("vc,vc->v", xy[:, :c], ct[..., q])
+    beta = _solve(tt, ty[..., None])[..., 0]
+    extra = (beta * ty).sum(1)
+    rss = np.maximum(yy - extra, 1e-12 * np.abs(yy) + 1e-300)
+    return tt, ty, beta, extra, rss
+
+
 def block_f(yy: np.ndarray, xy: np.ndarray, xx: np.ndarray, *, covariates: int = 0
             ) -> tuple[np.ndarray, np.ndarray]:
     """F ratio of the last block of regressors, from per-voxel Gram matrices.
@@ -162,17 +184,8 @@ def block_f(yy: np.ndarray, xy: np.ndarray, xx: np.ndarray, *, covariates: int =
     canonical : ndarray, shape (n_vox,)
         Coefficient of the first tested column.
     """
-    c = covariates
-    q = xx.shape[-1] - c
-    tt, ty = xx[:, c:, c:], xy[:, c:]
-    if c:
-        ct = _solve(xx[:, :c, :c], np.concatenate([xx[:, :c, c:], xy[:, :c, None]], -1))
-        tt = tt - np.einsum("vci,vcj->vij", xx[:, :c, c:], ct[..., :q])
-        ty = ty - np.einsum("vci,vc->vi", xx[:, :c, c:], ct[..., q])
-        yy = yy - np.einsum("vc,vc->v", xy[:, :c], ct[..., q])
-    beta = _solve(tt, ty[..., None])[..., 0]
-    extra = (beta * ty).sum(1)
-    rss = np.maximum(yy - extra, 1e-12 * np.abs(yy) + 1e-300)
+    q = xx.shape[-1] - covariates
+    _, _, beta, extra, rss = _tested_block(yy, xy, xx, covariates)
     return extra / q / rss, beta[:, 0]
 
 
@@ -196,17 +209,8 @@ def block_max_t(yy: np.ndarray, xy: np.ndarray, xx: np.ndarray, contrasts: np.nd
     best : ndarray of int, shape (n_vox,)
         Index of the best contrast.
     """
-    c = covariates
-    q = xx.shape[-1] - c
-    tt, ty = xx[:, c:, c:], xy[:, c:]
-    if c:
-        ct = _solve(xx[:, :c, :c], np.concatenate([xx[:, :c, c:], xy[:, :c, None]], -1))
-        tt = tt - np.einsum("vci,vcj->vij", xx[:, :c, c:], ct[..., :q])
-        ty = ty - np.einsum("vci,vc->vi", xx[:, :c, c:], ct[..., q])
-        yy = yy - np.einsum("vc,vc->v", xy[:, :c], ct[..., q])
-    beta = _solve(tt, ty[..., None])[..., 0]
-    extra = (beta * ty).sum(1)
-    rss = np.maximum(yy - extra, 1e-12 * np.abs(yy) + 1e-300)
+    q = xx.shape[-1] - covariates
+    tt, ty, _, extra, rss = _tested_block(yy, xy, xx, covariates)
     num = ty @ contrasts.T
     den = np.einsum("ki,vij,kj->vk", contrasts, tt, contrasts)
     t2 = num**2 / np.maximum(den, 1e-300)
