@@ -1,7 +1,9 @@
 """Validity rows for source localisation and bad-channel detection (issue 16).
 
 - localisation: each planted source of the ``checker`` and ``tp`` tasks simulated by
-  :func:`bids_app.simulate.neural.simulate_neural` (ideal or hard realism), imaged with the
+  :func:`bids_app.simulate.neural.simulate_neural` (ideal or hard realism; hard: with the
+  film-like stimulus features of :func:`bids_app.simulate.stimulus.simulate_stimulus`
+  too), imaged with the
   pipeline's defaults (:func:`bids_app.eeg.source.compute_source_maps`: eLORETA, diagonal
   noise covariance, ``SourceConfig.bands``, power above each source's aperiodic (1/f)
   background) and scored by
@@ -36,7 +38,7 @@ BASELINE = "MNE sLORETA (apply_inverse_cov, same forward/bands)"
 def simulate_raw(task: str, realism: str, seed: int):
     """Simulated brain EEG (61 channels, 250 Hz, 120 s) and its stimulus."""
     stim = simulate_stimulus(task, DURATION, 10.0, (32, 24), np.random.default_rng(seed),
-                             render=False)  # fmt: skip
+                             render=False, realism=realism)  # fmt: skip
     sim = simulate_neural(task, stim, SFREQ, int(DURATION * SFREQ), 0.0,
                           np.random.default_rng(seed + 1000), realism=realism)  # fmt: skip
     raw = mne.io.RawArray(sim.eeg.astype(float),

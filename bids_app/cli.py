@@ -201,8 +201,9 @@ def build_subcommand_parser() -> argparse.ArgumentParser:
                    "variable pulse artifact, jittered electrodes, a head model unlike the "
                    "inverse's, extended non-stationary sources; BOLD with region-specific "
                    "HRFs, AR(1), 1/f and aliased physiological noise, drift, a global signal, "
-                   "motion spikes and non-planted signal clusters (recorded in "
-                   "sourcedata/simulation/realism.json)")
+                   "motion spikes and non-planted signal clusters; movie features with the "
+                   "statistics of real films (log-normal shot lengths, 1/f luminance, "
+                   "continuous motion) (recorded in sourcedata/simulation/realism.json)")
     p = sub.add_parser("download", help="download (a subset of) a public release")
     p.add_argument("dataset", choices=("natview",), help="public release to download")
     p.add_argument("target", type=_path, help="folder to download into (resumable)")

@@ -121,7 +121,7 @@ def _simulate_release(out_dir: Path, scale: scenario.Scale, *, null: bool, seed:
     out_dir.mkdir(parents=True, exist_ok=True)
     root = np.random.SeedSequence(seed)
     stim_seq, *subject_seqs = root.spawn(1 + len(scale.subjects))
-    stimuli = _simulate_stimuli(scale, stim_seq, null=null, out_dir=out_dir)
+    stimuli = _simulate_stimuli(scale, stim_seq, null=null, out_dir=out_dir, real=real)
     write_release_root(out_dir, scale, seed=seed, null=null)
     for subject, sub_seq in zip(scale.subjects, subject_seqs):
         anatomy_seq, *run_seqs = sub_seq.spawn(1 + len(scale.runs))
@@ -231,7 +231,7 @@ def _same_anatomy(simulate_bold, anatomy_seq: np.random.SeedSequence) -> dict:
     return {"anatomy": _planted_anatomy(np.random.default_rng(anatomy_seq))}
 
 
-def _simulate_stimuli(scale, seq, *, null: bool, out_dir: Path) -> dict:
+def _simulate_stimuli(scale, seq, *, null: bool, out_dir: Path, real: Realism) -> dict:
     """One stimulus per task (every run and subject watches the same video)."""
     from bids_app.simulate.stimulus import simulate_stimulus
 
@@ -248,6 +248,7 @@ def _simulate_stimuli(scale, seq, *, null: bool, out_dir: Path) -> dict:
             scale.video_size,
             np.random.default_rng(task_seq),
             null=null,
+            realism=real,
         )
         stimuli[task] = stim
         if stim.frames is not None:

@@ -13,7 +13,9 @@ corrected to mid-TR):
   new HRF per source drawn by :func:`~bids_app.simulate.bold_hard.draw_hrf`);
 - with a hard ``realism``, every BOLD effect of :mod:`bids_app.simulate.bold_hard` on top
   (slice index 0: the data are slice-time corrected) and the planted smooth head motion
-  plus the motion spikes as motion parameters (ideal: no motion);
+  plus the motion spikes as motion parameters (ideal: no motion); with its
+  ``stimulus_movie``, the movie features that drive the sources have the statistics of real
+  films (:mod:`bids_app.simulate.stimulus`);
 - the confounds the pipeline computes from such data
   (:func:`bids_app.fmri.confounds.compute_confounds`: global signal, motion parameters,
   FD, DVARS, motion-outlier spike columns; no tissue priors on this grid, so ``csf`` and
@@ -116,7 +118,8 @@ def simulate_mni_run(hrf: HRF | str | None, *, noise: str = "planted", seed: int
     n_volumes : int
         Volumes.
     realism : str or Realism
-        Its ``bold_*`` effects are added (and confounds computed) when switched on.
+        Its ``bold_*`` effects are added (and confounds computed) when switched on; its
+        ``stimulus_movie`` selects the stimulus features.
 
     Returns
     -------
@@ -126,7 +129,8 @@ def simulate_mni_run(hrf: HRF | str | None, *, noise: str = "planted", seed: int
     null = hrf is None
     duration = LEAD + n_volumes * TR + 3.0
     stim = simulate_stimulus(TASK, n_volumes * TR + 10, 10.0, (32, 24),
-                             np.random.default_rng(seed + 1), null=null, render=False)
+                             np.random.default_rng(seed + 1), null=null, render=False,
+                             realism=real)
     sim = simulate_neural(TASK, stim, SFREQ, int(duration * SFREQ), -LEAD,
                           np.random.default_rng(seed), null=null)
     raw = mne.io.RawArray(sim.eeg.astype(float), mne.create_info(

@@ -36,6 +36,12 @@ recorded in the truth folder (``realism.json``):
   correlated 1/f activity of 300 random dipoles in both modes (channel covariance
   ``L L^T``); in hard mode it passes through the jittered, mismatched head as well.
 
+- ``stimulus_movie``: movie features with the statistics of real films
+  (:mod:`bids_app.simulate.stimulus`): log-normal, 1/f-correlated shot lengths (the cuts
+  are the luminance onsets), luminance as a level per shot + 1/f^2 fluctuation + a slow
+  trend, and a continuous 1/f motion speed with occasional bursts, instead of uniform
+  4-10 s scenes with a 7 s sine drift and on/off motion bursts.
+
 BOLD effects (``bold_*`` fields, :mod:`bids_app.simulate.bold_hard`): region- and
 run-specific HRFs, AR(1) and 1/f noise, aliased cardiac and respiratory fluctuations, slow
 drift, a global signal, motion spikes (in the planted motion and so in the motion
@@ -88,6 +94,9 @@ class Realism:
         Sudden one-volume head movements of ``bold_spike_mm`` (mm).
     bold_clusters : int
         Non-planted signal clusters of ``bold_cluster_sd`` (fraction per SD of the driver).
+    stimulus_movie : bool
+        Movie features with the statistics of real films (shot lengths, 1/f luminance,
+        continuous motion) instead of uniform scenes and on/off motion bursts.
     """
 
     name: str = "ideal"
@@ -119,6 +128,8 @@ class Realism:
     bold_spike_mm: float = 0.0
     bold_clusters: int = 0
     bold_cluster_sd: float = 0.0
+    # --- stimulus ---
+    stimulus_movie: bool = False
 
     def __post_init__(self):
         if self.sidecar_slice_timing not in SIDECAR_SLICE_TIMING:
@@ -153,6 +164,8 @@ REALISM: dict[str, Realism] = {
         bold_hrf_variable=True, bold_ar1=0.5, bold_ar1_sd=0.003, bold_pink_sd=0.003,
         bold_physio_sd=0.002, bold_drift_sd=0.005, bold_global_sd=0.003, bold_spikes=3,
         bold_spike_mm=1.0, bold_clusters=6, bold_cluster_sd=0.005,
+        # stimulus: shot lengths, luminance and motion statistics of real films
+        stimulus_movie=True,
     ),
 }  # fmt: skip
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
+from scipy import signal, stats
 
 from bids_app.natview import facts as nv
+from bids_app.simulate import stimulus
+from bids_app.simulate.realism import REALISM
 from bids_app.simulate.stimulus import (
     LUMA,
     checker_design,
@@ -79,3 +84,118 @@ def test_simulate_windows_shapes_and_zscore():
     assert pw.stimulus.shape == (60, 2)
     np.testing.assert_allclose(pw.fmri[:30].mean(0), 0, atol=1e-5)
     assert set(pw.planted_voxels) == {"luminance", "motion", "alpha"}
+
+
+def test_ideal_features_unchanged():
+    """Ideal movie features, onsets and frames are those of the simulator before hard mode."""
+    for realism in ("ideal", REALISM["ideal"]):
+        s = simulate_stimulus("tp", 240.0, 10.0, (32, 24), np.random.default_rng(11),
+                              realism=realism)  # fmt: skip
+        lum, cuts = s.features["luminance"], s.onsets["luminance"]
+        assert len(cuts) == 34 and cuts.sum() == float.fromhex("0x1.f65a09762df70p+11")
+        np.testing.assert_allclose(cuts[:2], [4.771421216615198, 11.767088391255887], rtol=0)
+        assert len(s.onsets["motion"]) == 46
+        assert s.onsets["motion"].sum() == float.fromhex("0x1.505c6bdf04a6dp+12")
+        np.testing.assert_allclose(lum.sum(), float.fromhex("0x1.e7be0341a1f78p+9"), rtol=1e-13)
+        np.testing.assert_allclose(lum[::600], [0.27145288034413184, 0.5863063828045773,
+                                                0.3083615495175172, 0.586820822678277],
+                                   rtol=1e-13)  # fmt: skip
+        assert s.features["motion"].sum() == 951.0
+        assert np.flatnonzero(s.features["motion"])[:5].tolist() == [32, 33, 34, 35, 36]
+        assert int(s.frames.astype(np.int64).sum()) == 570803360
+
+
+def _movies(realism, seeds=range(4), duration=600.0):
+    return [simulate_stimulus("tp", duration, 10.0, (32, 24), np.random.default_rng(seed),
+                              render=False, realism=realism) for seed in seeds]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def hard_movies():
+    return _movies("hard")
+
+
+@pytest.fixture(scope="module")
+def ideal_movies():
+    return _movies("ideal")
+
+
+def _shot_lengths(movies):
+    return np.concatenate([np.diff(np.concatenate([[0.0], m.onsets["luminance"]]))
+                           for m in movies])  # fmt: skip
+
+
+def test_hard_preset_switch():
+    assert REALISM["hard"].stimulus_movie and not REALISM["ideal"].stimulus_movie
+    assert REALISM["hard"].to_dict()["stimulus_movie"] is True
+    assert not replace(REALISM["ideal"], stimulus_movie=True).eeg_hard
+    assert replace(REALISM["ideal"], stimulus_movie=True).hard
+
+
+def test_hard_shot_lengths_log_normal(hard_movies, ideal_movies):
+    """Shot lengths log-normal with the documented median 3.5 s and log-SD 0.8.
+
+    The 1/f-correlated shot sequence lets a run's mean log-length wander (SD ~0.1 over
+    these four 10 min runs): the median may be off by a factor exp(+-0.3), the log-SD by
+    0.15; the shape must pass Lilliefors' test at the 1 % level (D < 1.031 / sqrt(n)).
+    """
+    log_len = np.log(_shot_lengths(hard_movies))
+    mu, sd = log_len.mean(), log_len.std(ddof=1)
+    assert abs(mu - np.log(stimulus.SHOT_MEDIAN_S)) < 0.3
+    assert abs(sd - stimulus.SHOT_SIGMA) < 0.15
+    d = stats.kstest(log_len, "norm", args=(mu, sd)).statistic
+    assert d < 1.031 / np.sqrt(log_len.size)
+    # the ideal scenes (uniform 4-10 s) are far narrower than film shots
+    assert np.log(_shot_lengths(ideal_movies)).std() < 0.5
+
+
+def _slope(x, fps, lo=0.02, hi=1.0):
+    f, p = signal.welch(x - x.mean(), fs=fps, nperseg=2048)
+    sel = (f >= lo) & (f <= hi)
+    return -np.polyfit(np.log(f[sel]), np.log(p[sel]), 1)[0]
+
+
+def _autocorr(x, lag):
+    x = x - x.mean()
+    return float(np.dot(x[:-lag], x[lag:]) / np.dot(x, x))
+
+
+def test_hard_luminance_spectrum_and_autocorrelation(hard_movies, ideal_movies):
+    """Luminance falls as 1/f^alpha with alpha in 1-2 (Dong & Atick 1995), the model's 2.
+
+    The bound is the claim's range widened by the Welch estimate's spread over a 10 min run
+    (+-0.25); both features are more correlated at 1 s lag than the ideal ones.
+    """
+    for m in hard_movies:
+        assert 1.0 <= _slope(m.features["luminance"], m.fps) <= 2.0 + 0.25
+    for name in ("luminance", "motion"):
+        hard = np.mean([_autocorr(m.features[name], 10) for m in hard_movies])
+        ideal = np.mean([_autocorr(m.features[name], 10) for m in ideal_movies])
+        assert hard > ideal, name
+
+
+def test_hard_features_in_range_and_onsets(hard_movies):
+    lo, hi = stimulus.LUMINANCE_RANGE
+    for m in hard_movies:
+        lum, mot = m.features["luminance"], m.features["motion"]
+        assert lum.min() > lo and lum.max() < hi
+        assert mot.min() >= 0.0 and mot.max() <= 1.0
+        assert np.mean(mot > 0.01) > 0.9  # continuous motion, not on/off
+        for onsets in m.onsets.values():
+            assert np.all(np.diff(onsets) > 0) and onsets[0] > 0 and onsets[-1] < m.duration_s
+        # every burst start is followed by faster motion within the burst's ramp
+        i = np.ceil(m.onsets["motion"] * m.fps).astype(int)
+        j = np.minimum(i + int(stimulus.BURST_RAMP_S * m.fps) + 2, len(mot) - 1)
+        assert np.mean(mot[j] > mot[np.maximum(i - 1, 0)]) > 0.95
+
+
+def test_hard_frames_render():
+    m = simulate_stimulus("tp", 30.0, 10.0, (64, 48), np.random.default_rng(1), realism="hard")
+    assert m.frames.shape == (300, 48, 64, 3) and m.frames.dtype == np.uint8
+    measured = (m.frames.astype(float) / 255.0 @ LUMA).mean(axis=(1, 2))
+    assert np.max(np.abs(measured - m.features["luminance"])) < 0.01
+    luma = m.frames.astype(float) @ LUMA
+    luma -= luma.mean(axis=(1, 2), keepdims=True)
+    diff = np.abs(np.diff(luma, axis=0)).mean(axis=(1, 2))
+    # the grating moves at the planted speed: frame-to-frame change follows it
+    assert np.corrcoef(diff, m.features["motion"][1:])[0, 1] > 0.9
