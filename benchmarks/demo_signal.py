@@ -92,13 +92,24 @@ def planted_voxel(truth: dict, mni: np.ndarray, feature: str, half_mm: np.ndarra
     return hit
 
 
-def skill(derivatives: Path) -> None:
+def skill_rows(derivatives: Path) -> dict[str, list[dict]]:
+    """Each model's held-out claims beside its baselines (the sidecars' ``Baselines``
+    rows of :func:`bids_app.models.comparison.baseline_comparison`); ``{}`` per model
+    not trained."""
+    rows = {}
     for name in ("vae1", "vae2"):
         path = derivatives / "group" / "models" / f"{name}.json"
-        if not path.exists():
+        if path.exists():
+            rows[name] = json.loads(path.read_text()).get("Baselines", [])
+    return rows
+
+
+def skill(derivatives: Path) -> None:
+    rows = skill_rows(derivatives)
+    for name in ("vae1", "vae2"):
+        if name not in rows:
             print(f"{name}: not trained")
-            continue
-        for row in json.loads(path.read_text()).get("Baselines", []):
+        for row in rows.get(name, []):
             base = ", ".join(f"{k} {v:.4f}" for k, v in row["baselines"].items())
             print(f"{name} | {row['metric']} | {row['value']:.4f} | {base} | margin "
                   f"{row['margin']:+.4f} over {row['best_baseline']}")
@@ -127,10 +138,8 @@ def masked_units(demo: Path, seed: int) -> dict:
             "sfreq": windows.sfreq}
 
 
-def heads(derivatives: Path, truth: dict, units: dict) -> None:
-    """Significant units per masking head and how many of them are planted."""
-    effects = pd.read_csv(next((derivatives / "group").glob("*desc-vaemask_effects.tsv")),
-                          sep="\t")
+def planted_units(truth: dict, units: dict) -> dict[str, dict[str, np.ndarray]]:
+    """Per unit kind (``eeg``, ``fmri``) and planted feature: which masked units are planted."""
     features = sorted(set(truth["feature_of"].values()))
     stamps = units["stamps"].set_index("unit")
     by_kind = {"fmri": {f: planted_voxel(truth, units["mni"], f, units["half_mm"])
@@ -140,69 +149,117 @@ def heads(derivatives: Path, truth: dict, units: dict) -> None:
         for f in features:
             by_kind["eeg"][f][g.index.to_numpy()] = planted_timestamp(
                 truth, run, g["time_s"].to_numpy(), f)
-    for kind, per in by_kind.items():
-        n_any = int(np.logical_or.reduce(list(per.values())).sum())
-        print(f"{kind} units masked: {len(next(iter(per.values())))}, planted {n_any} ("
-              + ", ".join(f"{f} {int(v.sum())}" for f, v in per.items()) + ")")
+    return by_kind
+
+
+def head_rows(derivatives: Path, truth: dict, units: dict) -> list[dict]:
+    """Per masking head (unit kind, model, head): significant units, how many of them are
+    planted, the smallest p and the AUROC of planted vs other units by their smallest p
+    (NaN when every p is NaN or one class is empty)."""
+    effects = pd.read_csv(next((derivatives / "group").glob("*desc-vaemask_effects.tsv")),
+                          sep="\t")
+    by_kind = planted_units(truth, units)
+    rows = []
     for (kind, model, head), g in effects.groupby(["unit_kind", "model", "head"]):
         sig = g[g["q"] < LEVEL]
         sig_units = sig["unit"].unique().astype(int)
         planted_any = np.logical_or.reduce(list(by_kind[kind].values()))
-        line = (f"{kind}/{model}/{head}: {len(sig_units)} of {g['unit'].nunique()} units "
-                f"with q < {LEVEL} ({len(sig)} unit x output pairs); planted among them: "
-                f"{int(planted_any[sig_units].sum())}")
-        line += _separation(g, planted_any)
+        row = {"kind": kind, "model": model, "head": head, "units": int(g["unit"].nunique()),
+               "significant": len(sig_units), "pairs": len(sig),
+               "planted_significant": int(planted_any[sig_units].sum()),
+               **separation(g, planted_any)}
         if head == "stimulus" and len(sig):
-            hits = [f"{f} {int(by_kind[kind][f][s['unit'].astype(int)].sum())}/{len(s)}"
-                    for f, s in sig.groupby("feature") if f in by_kind[kind]]
+            row["feature_matched"] = {
+                f: (int(by_kind[kind][f][s["unit"].astype(int)].sum()), len(s))
+                for f, s in sig.groupby("feature") if f in by_kind[kind]}
+        rows.append(row)
+    return rows
+
+
+def heads(derivatives: Path, truth: dict, units: dict) -> None:
+    """Significant units per masking head and how many of them are planted."""
+    for kind, per in planted_units(truth, units).items():
+        n_any = int(np.logical_or.reduce(list(per.values())).sum())
+        print(f"{kind} units masked: {len(next(iter(per.values())))}, planted {n_any} ("
+              + ", ".join(f"{f} {int(v.sum())}" for f, v in per.items()) + ")")
+    for row in head_rows(derivatives, truth, units):
+        line = (f"{row['kind']}/{row['model']}/{row['head']}: {row['significant']} of "
+                f"{row['units']} units with q < {LEVEL} ({row['pairs']} unit x output pairs)"
+                f"; planted among them: {row['planted_significant']}")
+        if not np.isfinite(row["min_p"]):
+            line += "; no finite p"
+        else:
+            line += f"; min p {row['min_p']:.2g}, units with p < .001: {row['p_below_001']}"
+            if np.isfinite(row["auroc"]):
+                line += f", AUROC planted vs other (min p) {row['auroc']:.3f}"
+        if "feature_matched" in row:
+            hits = [f"{f} {n}/{m}" for f, (n, m) in row["feature_matched"].items()]
             line += f" (feature-matched: {', '.join(hits) or 'none'})"
         print(line)
 
 
-def _separation(g: pd.DataFrame, planted: np.ndarray) -> str:
-    """Smallest p of the head, and the AUROC of planted vs other units by their min p."""
+def separation(g: pd.DataFrame, planted: np.ndarray) -> dict:
+    """Smallest p of the head, units with p < .001, and the AUROC of planted vs other
+    units by their min p (NaN when every p is NaN or one class is empty)."""
     p = g.groupby("unit")["p"].min()
     units = p.index.to_numpy().astype(int)
     is_planted = planted[units]
+    out = {"min_p": float("nan"), "p_below_001": 0, "auroc": float("nan")}
     if not np.isfinite(p).any():
-        return "; no finite p"
-    text = f"; min p {p.min():.2g}, units with p < .001: {int((p < 1e-3).sum())}"
+        return out
+    out.update(min_p=float(p.min()), p_below_001=int((p < 1e-3).sum()))
     if 0 < is_planted.sum() < len(units):
         ranks = pd.Series(-p.to_numpy()).rank().to_numpy()  # small p = high rank
         n1, n0 = int(is_planted.sum()), int((~is_planted).sum())
-        auc = (ranks[is_planted].sum() - n1 * (n1 + 1) / 2) / (n1 * n0)
-        text += f", AUROC planted vs other (min p) {auc:.3f}"
-    return text
+        out["auroc"] = float((ranks[is_planted].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+    return out
 
 
-def annotations(demo: Path, units: dict) -> None:
-    """Annotations per planted link and their precision, scored as the group report does
-    (:func:`bids_app.workflows.validation_group.score_annotations`)."""
+def annotation_table(derivatives: Path, sfreq: float) -> pd.DataFrame:
+    """The written annotations (events per run, voxel table) as
+    :func:`~bids_app.workflows.validation_group.score_annotations` reads them: one row per
+    annotated EEG timestamp or voxel."""
+    rows = []
+    for tsv in sorted(derivatives.glob("sub-*/**/eeg/*_desc-vaemask_events.tsv")):
+        ents = dict(p.split("-", 1) for p in tsv.name.split("_") if "-" in p)
+        run = "/".join(ents.get(k, "n/a") for k in ("sub", "ses", "task", "run"))
+        for _, e in pd.read_csv(tsv, sep="\t").iterrows():
+            n = max(1, int(round(e["duration"] * sfreq)))
+            rows += [{"unit_kind": "eeg", "features": e["features"], "run": run,
+                      "time_s": t} for t in e["onset"] + np.arange(n) / sfreq]
+    for tsv in sorted((derivatives / "group").glob("*desc-vaemask_voxels.tsv")):
+        vox = pd.read_csv(tsv, sep="\t")
+        rows += [{"unit_kind": "fmri", "features": v["features"], "x": v["x"], "y": v["y"],
+                  "z": v["z"]} for _, v in vox.iterrows()]
+    return pd.DataFrame(rows, columns=["unit_kind", "features", "run", "time_s", "x", "y",
+                                       "z"])
+
+
+def annotation_scores(demo: Path, units: dict) -> tuple[pd.DataFrame, dict]:
+    """Annotations per planted link (:func:`~bids_app.workflows.validation_group.
+    score_annotations`) and the precision of all, EEG and voxel annotations
+    (:func:`~bids_app.workflows.validation_group.annotation_precision`), as the group
+    report scores them."""
     from bids_app.workflows.validation_group import (
         annotation_precision,
         load_planted_truth,
         score_annotations,
     )
 
-    derivatives = demo / "derivatives"
-    rows = []
-    for tsv in sorted(derivatives.glob("sub-*/**/eeg/*_desc-vaemask_events.tsv")):
-        ents = dict(p.split("-", 1) for p in tsv.name.split("_") if "-" in p)
-        run = "/".join(ents.get(k, "n/a") for k in ("sub", "ses", "task", "run"))
-        for _, e in pd.read_csv(tsv, sep="\t").iterrows():
-            n = max(1, int(round(e["duration"] * units["sfreq"])))
-            rows += [{"unit_kind": "eeg", "features": e["features"], "run": run,
-                      "time_s": t} for t in e["onset"] + np.arange(n) / units["sfreq"]]
-    for tsv in sorted((derivatives / "group").glob("*desc-vaemask_voxels.tsv")):
-        vox = pd.read_csv(tsv, sep="\t")
-        rows += [{"unit_kind": "fmri", "features": v["features"], "x": v["x"], "y": v["y"],
-                  "z": v["z"]} for _, v in vox.iterrows()]
-    table = pd.DataFrame(rows, columns=["unit_kind", "features", "run", "time_s", "x", "y",
-                                        "z"])
+    table = annotation_table(demo / "derivatives", units["sfreq"])
     truth = load_planted_truth(demo / "raw" / "sourcedata" / "simulation")
-    print(score_annotations(table, truth).to_string(index=False))
+    precision = {kind: annotation_precision(table[table["unit_kind"] == kind], truth)
+                 for kind in ("eeg", "fmri")}
+    precision["all"] = annotation_precision(table, truth)
+    return score_annotations(table, truth), precision
+
+
+def annotations(demo: Path, units: dict) -> None:
+    """Annotations per planted link and their precision, scored as the group report does."""
+    links, precision = annotation_scores(demo, units)
+    print(links.to_string(index=False))
     for kind in ("eeg", "fmri"):
-        prec = annotation_precision(table[table["unit_kind"] == kind], truth)
+        prec = precision[kind]
         print(f"annotated {kind} units: {prec['units']}, planted {prec['planted']}, "
               f"precision {prec['precision']:.3f}")
 

@@ -33,13 +33,16 @@ def _summary(name: str, result) -> list[str]:
     return lines
 
 
-def _check_reuse(raw_dir: Path, *, scale: str, seed: int, null: bool) -> None:
-    """Refuse to reuse a simulated release made with another scale, seed or null flag."""
+def _check_reuse(raw_dir: Path, *, scale: str, seed: int, null: bool, realism: str) -> None:
+    """Refuse to reuse a simulated release made with another scale, seed, null flag or
+    realism."""
     record = raw_dir / "sourcedata" / "simulation" / "simulation.json"
     if not record.is_file():
         return
     made = json.loads(record.read_text())
-    wanted = {"scale": scale, "seed": seed, "null": null}
+    real = record.with_name("realism.json")
+    made["realism"] = json.loads(real.read_text()).get("name") if real.is_file() else "ideal"
+    wanted = {"scale": scale, "seed": seed, "null": null, "realism": realism}
     differ = {k: made.get(k) for k, v in wanted.items() if made.get(k) != v}
     if differ:
         raise InputError(
@@ -48,7 +51,8 @@ def _check_reuse(raw_dir: Path, *, scale: str, seed: int, null: bool) -> None:
 
 
 def run_demo(out: Path | str, *, scale: str = "demo", verbosity: int = 0, seed: int = 0,
-             null: bool = False, config_file: Path | None = None) -> int:
+             null: bool = False, config_file: Path | None = None,
+             realism: str = "ideal") -> int:
     """Simulate, convert, validate and run both levels; print a summary.
 
     Parameters
@@ -68,6 +72,9 @@ def run_demo(out: Path | str, *, scale: str = "demo", verbosity: int = 0, seed: 
         correct pipeline annotates nothing.
     config_file : Path | None
         TOML settings for the run (``--config-file``); execution paths are the demo's.
+    realism : {"ideal", "hard"}
+        Realism of the simulation (:mod:`bids_app.simulate.realism`; what
+        ``benchmarks/validity.py --checks group`` runs the demo on).
 
     Returns
     -------
@@ -85,11 +92,11 @@ def run_demo(out: Path | str, *, scale: str = "demo", verbosity: int = 0, seed: 
     raw_dir, bids_dir = out / "raw", out / "bids"
     output_dir, work_dir = out / "derivatives", out / "work"
     with logging_to(None, verbosity):
-        _check_reuse(raw_dir, scale=scale, seed=seed, null=null)
+        _check_reuse(raw_dir, scale=scale, seed=seed, null=null, realism=realism)
         if not raw_dir.exists():
             logger.info("Simulating a %s-scale NATVIEW-like release in %s", scale, raw_dir)
             raw_dir = Path(simulate_dataset(raw_dir, scale=scale, layout="natview", null=null,
-                                            seed=seed))
+                                            seed=seed, realism=realism))
         if not (bids_dir / "dataset_description.json").exists():
             logger.info("Converting %s to BIDS in %s", raw_dir, bids_dir)
             logger.info("%s", convert_natview(raw_dir, bids_dir))

@@ -288,16 +288,20 @@ def test_demo_null_reaches_the_simulator_and_a_mismatched_release_is_refused(
 
     seen = {}
 
-    def fake_simulate(out_dir, *, scale, layout, null, seed):
-        seen.update(scale=scale, null=null, seed=seed)
+    def fake_simulate(out_dir, *, scale, layout, null, seed, realism):
+        seen.update(scale=scale, null=null, seed=seed, realism=realism)
         raise SystemExit(7)  # stop before the conversion: only the wiring is checked
 
     monkeypatch.setattr(simulate, "simulate_dataset", fake_simulate)
     assert main(["demo", str(tmp_path / "new"), "--null", "--scale", "tiny", "-q"]) == 7
-    assert seen == {"scale": "tiny", "null": True, "seed": 0}
+    assert seen == {"scale": "tiny", "null": True, "seed": 0, "realism": "ideal"}
     record = tmp_path / "old" / "raw" / "sourcedata" / "simulation" / "simulation.json"
     record.parent.mkdir(parents=True)
     record.write_text(json.dumps({"scale": "demo", "seed": 0, "null": False}))
     assert main(["demo", str(tmp_path / "old"), "--null", "-q"]) == 2
     err = capsys.readouterr().err
     assert "simulation.json records a release simulated with {'null': False}" in err
+    record.write_text(json.dumps({"scale": "demo", "seed": 0, "null": True}))
+    record.with_name("realism.json").write_text(json.dumps({"name": "hard"}))
+    assert main(["demo", str(tmp_path / "old"), "--null", "-q"]) == 2
+    assert "records a release simulated with {'realism': 'hard'}" in capsys.readouterr().err
