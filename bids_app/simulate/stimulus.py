@@ -12,31 +12,10 @@ features of :data:`bids_app.simulate.scenario.PLANTED_FEATURES`:
   20 s flicker) design; no video is rendered (the checkerboard is defined by the events).
 
 Hard mode (``realism`` with ``stimulus_movie``, :mod:`bids_app.simulate.realism`) draws
-features with the statistics of real films instead:
-
-* **shots**: log-normal lengths (median ``SHOT_MEDIAN_S`` = 3.5 s, log-SD ``SHOT_SIGMA`` =
-  0.8, so a mean of 4.8 s: the average shot length of recent Hollywood films, about 4-6 s;
-  Cutting et al. 2011) whose log-lengths are half white, half 1/f across shots (shot-length
-  sequences lie between white and 1/f, approaching 1/f in recent films; Cutting, DeLong &
-  Nothelfer 2010); the cuts are the luminance onsets;
-* **luminance**: a level per shot (a 1/f sequence across shots: neighbouring shots of a
-  scene look alike) + a continuous fluctuation with a 1/f^``LUMINANCE_ALPHA`` (= 2) power
-  spectrum, as the temporal spectrum of natural movies falls (Dong & Atick 1995: alpha
-  about 1-2) + a slow linear trend over the run, squashed (tanh) into the ideal range
-  0.21-0.69 so that the rendered frames never clip;
-* **motion**: a continuous speed (a 1/f process through a tanh into 0-0.6: camera and
-  object motion vary continuously) plus occasional bursts (gaps 5-15 s, 1-3 s long,
-  raised-cosine ramps of 0.25 s, peak 0.6-1 of the remaining range), within 0-1; burst
-  starts are the motion onsets.
+features with the statistics of real films instead (:mod:`bids_app.simulate.film`).
 
 ``null=True`` renders the same kind of video: the null variant only removes the neural
 links, which :mod:`bids_app.simulate.neural` handles.
-
-References: Cutting, J. E., DeLong, J. E., & Nothelfer, C. E. (2010). Attention and the
-evolution of Hollywood film. *Psychological Science*, 21(3), 432-439. Cutting, J. E.,
-Brunick, K. L., DeLong, J. E., Iricinschi, C., & Candan, A. (2011). Quicker, faster,
-darker: changes in Hollywood film over 75 years. *i-Perception*, 2(6), 569-576. Dong, D. W.,
-& Atick, J. J. (1995). Statistics of natural time-varying images. *Network*, 6(3), 345-358.
 """
 
 from __future__ import annotations
@@ -50,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from bids_app.natview import facts as nv
+from bids_app.simulate.film import BURST_S, film_features, segments
 from bids_app.simulate.realism import Realism, resolve_realism
 
 logger = logging.getLogger(__name__)
@@ -62,15 +42,6 @@ GRATING_AMPLITUDE = 0.15  # of full scale
 GRATING_HZ = 2.0  # temporal frequency at speed 1
 SCENE_S = (4.0, 10.0)
 BURST_GAP_S = (3.0, 8.0)
-BURST_S = (1.0, 3.0)
-# hard mode (``Realism.stimulus_movie``; module docstring)
-SHOT_MEDIAN_S = 3.5  # log-normal shot length: median (s) ...
-SHOT_SIGMA = 0.8  # ... and SD of its logarithm (mean 3.5 * exp(0.32) = 4.8 s)
-LUMINANCE_ALPHA = 2.0  # power-spectrum exponent of the continuous luminance fluctuation
-LUMINANCE_RANGE = (0.21, 0.69)  # as ideal's levels +- drift: the renderer never clips
-MOTION_BASE = 0.6  # continuous speed: 1/f process through a tanh into (0, MOTION_BASE)
-MOTION_BURST_GAP_S = (5.0, 15.0)  # occasional bursts (starts = motion onsets) ...
-BURST_RAMP_S = 0.25  # ... of BURST_S with raised-cosine ramps
 
 
 @dataclass
@@ -110,70 +81,6 @@ class StimulusSim:
     def times(self) -> np.ndarray:
         """Time (s from task start) of each sample of the features."""
         return np.arange(len(self.checker_on)) / self.fps
-
-
-def _segments(duration: float, span: tuple[float, float], rng: np.random.Generator) -> np.ndarray:
-    """Boundaries 0 < t1 < t2 ... < duration with gaps drawn uniformly from ``span``."""
-    edges = [0.0]
-    while edges[-1] < duration:
-        edges.append(edges[-1] + rng.uniform(*span))
-    return np.asarray(edges[1:-1])
-
-
-def power_law_noise(n: int, alpha: float, rng: np.random.Generator) -> np.ndarray:
-    """Stationary Gaussian series with a 1/f^alpha power spectrum and unit variance.
-
-    White noise shaped in the frequency domain (circular; no DC). The variance is the
-    process's (sum of the squared gains), not the sample's, so a draw keeps its own slow
-    excursions.
-    """
-    if n < 2:
-        return np.zeros(n)
-    f = np.fft.rfftfreq(n)
-    gain = np.zeros_like(f)
-    gain[1:] = f[1:] ** (-alpha / 2.0)
-    x = np.fft.irfft(np.fft.rfft(rng.standard_normal(n)) * gain, n)
-    power = gain**2
-    var = (2.0 * power[1:].sum() - (power[-1] if n % 2 == 0 else 0.0)) / n
-    return x / np.sqrt(var)
-
-
-def _shot_cuts(duration: float, rng: np.random.Generator) -> np.ndarray:
-    """Cuts of log-normal shots with 1/f-correlated log-lengths (module docstring)."""
-    n = int(2 * duration / SHOT_MEDIAN_S) + 8
-    lengths = np.zeros(0)
-    while lengths.sum() < duration:  # blocks of twice the shots a run needs on average
-        z = (rng.standard_normal(n) + power_law_noise(n, 1.0, rng)) / np.sqrt(2.0)
-        lengths = np.concatenate([lengths, SHOT_MEDIAN_S * np.exp(SHOT_SIGMA * z)])
-    edges = np.cumsum(lengths)
-    return edges[edges < duration]
-
-
-def _movie_features(t: np.ndarray, duration: float, rng: np.random.Generator):
-    """Hard-mode luminance, motion and their onsets (module docstring)."""
-    cuts = _shot_cuts(duration, rng)
-    shot = np.searchsorted(cuts, t, side="right")
-    levels = 0.10 * power_law_noise(len(cuts) + 1, 1.0, rng)
-    fluctuation = 0.06 * power_law_noise(len(t), LUMINANCE_ALPHA, rng)
-    trend = rng.uniform(-0.08, 0.08) * (2 * t / duration - 1)
-    lo, hi = LUMINANCE_RANGE
-    half = (hi - lo) / 2
-    luminance = lo + half + half * np.tanh((levels[shot] + fluctuation + trend) / half)
-    motion = MOTION_BASE * (1 + np.tanh(power_law_noise(len(t), 1.0, rng))) / 2
-    starts = _segments(duration, MOTION_BURST_GAP_S, rng)
-    envelope = np.zeros(len(t))
-    kept = []
-    for s in starts:
-        length = rng.uniform(*BURST_S)
-        peak = rng.uniform(0.6, 1.0)
-        rise = np.clip((t - s) / BURST_RAMP_S, 0, 1)
-        fall = np.clip((s + length - t) / BURST_RAMP_S, 0, 1)
-        bump = peak * np.sin(np.pi / 2 * np.minimum(rise, fall)) ** 2
-        if bump.any():
-            envelope = np.maximum(envelope, bump)
-            kept.append(s)
-    motion = motion + (1 - motion) * envelope
-    return cuts, shot, luminance, motion, np.asarray(kept)
 
 
 def checker_design(duration_s: float, fps: float) -> tuple[np.ndarray, np.ndarray]:
@@ -249,16 +156,16 @@ def simulate_stimulus(
         return StimulusSim(task, fps, duration_s, {}, {}, None, np.zeros(n, bool), null)
 
     if resolve_realism(realism).stimulus_movie:
-        cuts, scene, luminance, motion, kept = _movie_features(t, duration_s, rng)
+        cuts, scene, luminance, motion, kept = film_features(t, duration_s, rng)
     else:
         # luminance: one level per scene + slow drift
-        cuts = _segments(duration_s, SCENE_S, rng)
+        cuts = segments(duration_s, SCENE_S, rng)
         scene = np.searchsorted(cuts, t, side="right")
         levels = rng.uniform(0.25, 0.65, size=len(cuts) + 1)
         drift_phase = rng.uniform(0, 2 * np.pi, size=len(cuts) + 1)
         luminance = levels[scene] + 0.04 * np.sin(2 * np.pi * t / 7.0 + drift_phase[scene])
         # motion: bursts of a drifting grating
-        starts = _segments(duration_s, BURST_GAP_S, rng)
+        starts = segments(duration_s, BURST_GAP_S, rng)
         motion = np.zeros(n)
         kept = []
         for s in starts:

@@ -9,7 +9,7 @@ import pytest
 from scipy import signal, stats
 
 from bids_app.natview import facts as nv
-from bids_app.simulate import stimulus
+from bids_app.simulate import film
 from bids_app.simulate.realism import REALISM
 from bids_app.simulate.stimulus import (
     LUMA,
@@ -141,8 +141,8 @@ def test_hard_shot_lengths_log_normal(hard_movies, ideal_movies):
     """
     log_len = np.log(_shot_lengths(hard_movies))
     mu, sd = log_len.mean(), log_len.std(ddof=1)
-    assert abs(mu - np.log(stimulus.SHOT_MEDIAN_S)) < 0.3
-    assert abs(sd - stimulus.SHOT_SIGMA) < 0.15
+    assert abs(mu - np.log(film.SHOT_MEDIAN_S)) < 0.3
+    assert abs(sd - film.SHOT_SIGMA) < 0.15
     d = stats.kstest(log_len, "norm", args=(mu, sd)).statistic
     assert d < 1.031 / np.sqrt(log_len.size)
     # the ideal scenes (uniform 4-10 s) are far narrower than film shots
@@ -175,7 +175,7 @@ def test_hard_luminance_spectrum_and_autocorrelation(hard_movies, ideal_movies):
 
 
 def test_hard_features_in_range_and_onsets(hard_movies):
-    lo, hi = stimulus.LUMINANCE_RANGE
+    lo, hi = film.LUMINANCE_RANGE
     for m in hard_movies:
         lum, mot = m.features["luminance"], m.features["motion"]
         assert lum.min() > lo and lum.max() < hi
@@ -185,7 +185,7 @@ def test_hard_features_in_range_and_onsets(hard_movies):
             assert np.all(np.diff(onsets) > 0) and onsets[0] > 0 and onsets[-1] < m.duration_s
         # every burst start is followed by faster motion within the burst's ramp
         i = np.ceil(m.onsets["motion"] * m.fps).astype(int)
-        j = np.minimum(i + int(stimulus.BURST_RAMP_S * m.fps) + 2, len(mot) - 1)
+        j = np.minimum(i + int(film.BURST_RAMP_S * m.fps) + 2, len(mot) - 1)
         assert np.mean(mot[j] > mot[np.maximum(i - 1, 0)]) > 0.95
 
 
