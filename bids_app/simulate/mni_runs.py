@@ -15,7 +15,7 @@ corrected to mid-TR):
   (slice index 0: the data are slice-time corrected) and the planted smooth head motion
   plus the motion spikes as motion parameters (ideal: no motion); with its
   ``stimulus_movie``, the movie features that drive the sources have the statistics of real
-  films (:mod:`bids_app.simulate.stimulus`);
+  films (:mod:`bids_app.simulate.film`);
 - the confounds the pipeline computes from such data
   (:func:`bids_app.fmri.confounds.compute_confounds`: global signal, motion parameters,
   FD, DVARS, motion-outlier spike columns; no tissue priors on this grid, so ``csf`` and

@@ -37,7 +37,7 @@ recorded in the truth folder (``realism.json``):
   ``L L^T``); in hard mode it passes through the jittered, mismatched head as well.
 
 - ``stimulus_movie``: movie features with the statistics of real films
-  (:mod:`bids_app.simulate.stimulus`): log-normal, 1/f-correlated shot lengths (the cuts
+  (:mod:`bids_app.simulate.film`): log-normal, 1/f-correlated shot lengths (the cuts
   are the luminance onsets), luminance as a level per shot + 1/f^2 fluctuation + a slow
   trend, and a continuous 1/f motion speed with occasional bursts, instead of uniform
   4-10 s scenes with a 7 s sine drift and on/off motion bursts.
