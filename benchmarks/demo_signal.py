@@ -264,6 +264,20 @@ def annotations(demo: Path, units: dict) -> None:
               f"precision {prec['precision']:.3f}")
 
 
+def power(derivatives: Path, truth: dict) -> None:
+    """Matched-unit bound of every tested head for the planted features (sidecar ``Power``):
+    the p a unit tracking the feature exactly would reach, and the BH pairs it needs."""
+    sidecar = json.loads((derivatives / "group" / "desc-vaemask_effects.json").read_text())
+    features = sorted(set(truth["feature_of"].values()))
+    for head, entry in sidecar.get("Power", {}).get("Heads", {}).items():
+        shown = [f for f in features if f in entry["matched_p"]] or list(entry["matched_p"])
+        parts = [f"{f} p {entry['matched_p'][f]:.2g} (needs {entry['pairs_needed'][f]:,})"
+                 for f in shown]
+        print(f"{head}: matched-unit bound {'; '.join(parts)}"
+              + (f"; out of reach: {', '.join(entry['out_of_reach'])}"
+                 if entry["out_of_reach"] else ""))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("demo", type=Path, help="folder of a finished eegfmri demo")
@@ -280,6 +294,7 @@ def main(argv: list[str] | None = None) -> None:
     units = masked_units(demo, seed)
     skill(derivatives)
     heads(derivatives, truth, units)
+    power(derivatives, truth)
     annotations(demo, units)
 
 

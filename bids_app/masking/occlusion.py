@@ -32,6 +32,7 @@ from bids_app.masking.data import (
 from bids_app.masking.omnibus import OmnibusTables, affine_decoder, output_targets
 from bids_app.masking.passes import PassContext, run_pass, significance
 from bids_app.masking.per_output import per_output_pass
+from bids_app.masking.power import matched_unit_p
 from bids_app.masking.shards import CellRunner
 from bids_app.masking.shift_null import CircularShiftNull
 
@@ -42,6 +43,9 @@ logger = logging.getLogger(__name__)
 HEADS = ("cross", "cross_outputs", "latent", "stimulus")
 CONTEXTS = ("single", "joint")
 CROSS_OUTPUTS = ("auto", "significant", "all", "none")
+#: Largest ``placements x occurrences x outputs`` for which a head's matched-unit p-values
+#: are computed (the per-output head of a NATVIEW run exceeds it and gets none).
+MATCHED_MAX_ELEMENTS = 20_000_000
 #: ``cross_outputs="auto"`` tests every unit output by output while units x outputs stays
 #: below this (80 MB per float64 statistic, about ten of them), hierarchically above it
 #: (a NATVIEW run has 15 330 timestamps x 69 765 voxels = 1.1e9).
@@ -264,7 +268,22 @@ def _effects(ctx: PassContext, head: str, units, starts, stats, output_names
     else:
         eff.p, eff.z = sig
         eff.q = st.fdr(eff.p)
+        eff.matched_p = _matched_p(ctx, head, np.diff(starts))
     return eff
+
+
+def _matched_p(ctx: PassContext, head: str, counts: np.ndarray) -> np.ndarray | None:
+    """Matched-unit p-values of a head's outputs (:mod:`bids_app.masking.power`): voxels
+    are masked in every window, EEG timestamps in their typical number of windows."""
+    null = ctx.omnibus.shift if head == "cross" else ctx.nulls.get(head)
+    if null is None or len(counts) == 0:
+        return None
+    occurrences = None if ctx.kind == "fmri" else int(np.median(counts))
+    n_windows = sum(len(w) for _, c in null.classes for w in c.windows)
+    size = n_windows * (occurrences or 1) * null.n_groups * null.group_size
+    if size > MATCHED_MAX_ELEMENTS:
+        return None
+    return matched_unit_p(null, occurrences)
 
 
 def _per_output_phase(ctx: PassContext, heads: tuple[str, ...], units: np.ndarray | None):

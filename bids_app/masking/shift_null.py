@@ -169,6 +169,21 @@ class CircularShiftNull:
             self._cache[key] = np.fft.rfft(self._centred(k, quadratic, r), axis=0)
         return self._cache[key]
 
+    @property
+    def n_groups(self) -> int:
+        """Number of output groups ``G``."""
+        return self._values.shape[1]
+
+    @property
+    def group_size(self) -> int:
+        """Number of values ``K`` in each output group."""
+        return self._values.shape[2]
+
+    def centred_values(self, r: int, k: int = 0) -> np.ndarray:
+        """``(L_r, G_k, K)`` values of class ``k``'s groups in run ``r``, in position order,
+        minus their run mean."""
+        return self._centred(k, False, r)
+
     def run_means(self, k: int = 0) -> np.ndarray:
         """``(R, G_k, K)`` run means of class ``k``'s values (the null mean of a window)."""
         return self._run_means(k, False)

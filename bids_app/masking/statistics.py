@@ -64,6 +64,9 @@ class HeadEffects:
         circular-shift null (NaN for the latent head, which has no observed value).
     q : numpy.ndarray
         ``(U, G)`` Benjamini-Hochberg q-values over all units x outputs of the head.
+    matched_p : numpy.ndarray | None
+        ``(G,)`` p-value a unit whose changes track the output's observed series would get
+        on these windows (:mod:`bids_app.masking.power`); None where not computed.
     """
 
     kind: str
@@ -81,6 +84,7 @@ class HeadEffects:
     z: np.ndarray | None = None
     p: np.ndarray | None = None
     q: np.ndarray | None = field(default=None)
+    matched_p: np.ndarray | None = None
 
     @property
     def effect(self) -> np.ndarray:

@@ -122,6 +122,50 @@ def _listed(counts: dict[str, int], top: int = 5) -> str:
     return text + (f" and {len(ranked) - top} more" if len(ranked) > top else "")
 
 
+def _matched(head_summary: dict) -> str:
+    """The head's smallest matched-unit p as table text (``n/a`` where not computed)."""
+    p = (head_summary.get("power") or {}).get("smallest_matched_p")
+    return "n/a" if p is None else f"{p:.2g}"
+
+
+def power_findings(summary: dict, level: float) -> list[str]:
+    """What the held-out windows allow VAE-2's stimulus tests to find (matched-unit bound).
+
+    Parameters
+    ----------
+    summary : dict
+        :attr:`MaskingResult.summary` (heads with a ``power`` entry, see
+        :func:`bids_app.masking.power.power_summary`).
+    level : float
+        FDR level.
+
+    Returns
+    -------
+    list of str
+        One sentence per unit kind with a VAE-2 stimulus head.
+    """
+    out = []
+    for kind, unit in (("fmri", "voxel"), ("eeg", "EEG timestamp")):
+        article = "an" if unit[0] in "aeiouAEIOU" else "a"
+        head = summary.get(f"{kind}/vae2/stimulus", {})
+        power = head.get("power")
+        if not power or not power["matched_p"]:
+            continue
+        ranked = sorted(power["matched_p"].items(), key=lambda kv: kv[1])
+        text = ", ".join(f"{f} {p:.2g} ({power['pairs_needed'][f]:,} pairs that strong "
+                         "needed)" for f, p in ranked[:3])
+        sentence = (f"On these held-out windows even {article} {unit} whose masking tracked a "
+                    f"stimulus feature exactly would reach at best p = {text} among "
+                    f"{head['tests']:,} {unit} x feature tests at q < {level}")
+        if power["out_of_reach"]:
+            sentence += (f"; no {unit} can reach p < {level} for "
+                         f"{', '.join(power['out_of_reach'][:6])}")
+        out.append(sentence + ". More held-out data (longer or more test runs) is what "
+                   "raises these bounds; every feature's bound is in the Power entry of "
+                   "desc-vaemask_effects.json (docs/methods.md, Masking power).")
+    return out
+
+
 def findings(models: Any, masking: Any, level: float) -> list[str]:
     """Plain-language findings for the top of the report: what was annotated, where and
     when, and whether each model beats its baselines on the held-out runs.
@@ -149,6 +193,7 @@ def findings(models: Any, masking: Any, level: float) -> list[str]:
             out.append(f"No EEG timestamp and no voxel changed both VAEs at q < {level}, so "
                        "masking annotated nothing. The masking summary lists every test "
                        "beside the number expected under the null.")
+            out += power_findings(getattr(masking, "summary", {}), level)
         if n_eeg:
             spans = [f"{readable_run(run)} {g['time_s'].min():.1f}-{g['time_s'].max():.1f} s"
                      for run, g in eeg.groupby("run")] if {"run", "time_s"} <= set(eeg) else []
@@ -300,7 +345,7 @@ def write_group_report(models: Any, masking: Any, config: Any, writer: Any, *,
         failures.append("The masking stage did not run or failed.")
     else:
         ctx["counts"] = [(k, v["tests"], v["significant"], v["nominal_p_below_level"],
-                          round(v["expected_under_null"], 1))
+                          round(v["expected_under_null"], 1), _matched(v))
                          for k, v in masking.summary.items() if k != "annotated"]
         ctx["annotated"] = sorted(masking.summary.get("annotated", {}).items())
         eeg_n, vox_n = (feature_counts(masking.annotations.get(k)) for k in ("eeg", "fmri"))

@@ -33,6 +33,7 @@ from bids_app.masking.annotate import (
     voxel_table,
 )
 from bids_app.masking.atlas import ATLAS_NAME, ATLAS_REFERENCE
+from bids_app.masking.power import power_summary
 from bids_app.masking.shards import CellRunner
 from bids_app.masking.statistics import HeadEffects
 
@@ -307,6 +308,10 @@ def run_masking_workflow(models: Any, config: Any, writer: Any,
         "nominal_p_below_level": int(np.sum(e.p < cfg.fdr_q)),
         "expected_under_null": float(cfg.fdr_q * np.isfinite(e.p).sum()),
     } for e in effects}
+    for e in effects:
+        if e.matched_p is not None:
+            result.summary[f"{e.kind}/{e.model}/{e.head}"]["power"] = power_summary(
+                e.matched_p, e.outputs, int(np.isfinite(e.p).sum()), cfg.fdr_q)
     result.summary["annotated"] = {k: int(len(v)) for k, v in result.annotations.items()}
     _write(result, windows, config, writer)
     return result
@@ -329,8 +334,15 @@ def _write(result: MaskingResult, windows: Any, config: Any, writer: Any) -> Non
             "every unit x output; cross_outputs head: rows with q < FDRLevel")
     table = effects_table(result.effects, query=query)
     path = writer.build_path({"desc": "vaemask"}, "effects", ".tsv")
-    result.paths["effects"] = writer.write_tsv(path, table, columns=EFFECT_COLUMNS,
-                                               sidecar={**method, "TableRows": rows})
+    power = {k: v["power"] for k, v in result.summary.items() if "power" in v}
+    result.paths["effects"] = writer.write_tsv(path, table, columns=EFFECT_COLUMNS, sidecar={
+        **method, "TableRows": rows, "Power": {
+            "Description": "Per head (unit kind/model/head): the p-value a unit whose changes "
+            "track each output's observed series exactly would get on these windows "
+            "(matched_p), how many such unit x output pairs Benjamini-Hochberg needs before "
+            "declaring any (pairs_needed), and the outputs where even that unit has "
+            "p > FDRLevel (out_of_reach), see docs/methods.md#masking-power",
+            "Heads": power}})
     result.paths["effects_parquet"] = _write_parquet(result.effects, path, writer, query)
     eeg_ann = result.annotations.get("eeg", pd.DataFrame())
     step = 1.0 / windows.sfreq

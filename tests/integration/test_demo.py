@@ -164,10 +164,20 @@ def _annotation_table(derivatives: Path) -> pd.DataFrame:
                                        "z"])
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="issue 17 item 1 not met: "
-                   "the default demo annotates no unit (benchmarks/demo_signal.py; "
-                   "docs/benchmarks.md, The demo)")
-def test_demo_finds_every_planted_link(tmp_path):
+@pytest.fixture(scope="module")
+def default_demo(tmp_path_factory) -> Path:
+    """``eegfmri demo`` at its default scale and settings, run once."""
+    out = tmp_path_factory.mktemp("default") / "demo"
+    code, printed, errors = _run(["demo", str(out), "-q"])
+    assert code == 0, printed + errors
+    return out
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="issue 17 item 1 blocked: "
+                   "the default demo annotates no unit; its held-out windows cannot support "
+                   "the VAE-2 stimulus tests under the valid null (matched-unit bound, "
+                   "test_demo_matched_unit_bound_blocks_annotation; docs/benchmarks.md)")
+def test_demo_finds_every_planted_link(default_demo):
     """Issue 17's claim on ``eegfmri demo`` (default scale and settings): at least one
     annotated unit per planted (feature, source) link and >= 80 % of annotated units
     planted, scored against the truth folder."""
@@ -179,12 +189,30 @@ def test_demo_finds_every_planted_link(tmp_path):
         score_annotations,
     )
 
-    out = tmp_path / "demo"
-    code, printed, errors = _run(["demo", str(out), "-q"])
-    assert code == 0, printed + errors
-    truth = load_planted_truth(out / "raw" / "sourcedata" / "simulation")
-    table = _annotation_table(out / "derivatives")
+    truth = load_planted_truth(default_demo / "raw" / "sourcedata" / "simulation")
+    table = _annotation_table(default_demo / "derivatives")
     links = score_annotations(table, truth)
     assert len(links) == 3
     assert (links["eeg_units"] + links["voxels"] >= UNITS_PER_LINK).all(), links
     assert annotation_precision(table, truth)["precision"] >= PRECISION
+
+
+def test_demo_matched_unit_bound_blocks_annotation(default_demo):
+    """What docs/benchmarks.md says blocks issue 17's item 1, read from the demo's own
+    sidecar: a voxel tracking luminance or the checkerboard exactly would need more
+    equally strong voxel x feature pairs than there are voxels before Benjamini-Hochberg
+    declares any, and an EEG timestamp tracking the fMRI exactly in VAE-1 more than half
+    of all timestamps; the report's findings say so."""
+    derivatives = default_demo / "derivatives"
+    power = json.loads((derivatives / "group" / "desc-vaemask_effects.json").read_text()
+                       )["Power"]["Heads"]
+    effects = pd.read_csv(derivatives / "group" / "desc-vaemask_effects.tsv", sep="\t",
+                          usecols=["unit_kind", "unit", "model", "head"])
+    units = effects.groupby(["unit_kind", "model", "head"])["unit"].nunique()
+    for feature in ("luminance", "checker"):
+        needed = power["fmri/vae2/stimulus"]["pairs_needed"][feature]
+        assert needed > units["fmri", "vae2", "stimulus"], (feature, needed)
+    needed = power["eeg/vae1/cross"]["pairs_needed"]["fmri"]
+    assert needed > units["eeg", "vae1", "cross"] / 2, needed
+    group = (derivatives / "group.html").read_text()
+    assert "even a voxel whose masking tracked a stimulus feature exactly" in group

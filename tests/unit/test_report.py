@@ -235,6 +235,29 @@ def test_group_findings_say_what_was_annotated_where_and_when():
     assert findings(None, empty, 0.05)[0].startswith("No EEG timestamp and no voxel")
 
 
+def test_group_findings_explain_empty_annotations_by_the_matched_unit_bound():
+    """Nothing annotated: the findings say how far even a matched unit stays from BH's
+    threshold, feature by feature, and which features no unit can reach."""
+    from bids_app.masking.power import power_summary
+    from bids_app.report.group import findings
+
+    power = power_summary(np.array([0.069, 0.016, 0.001]), ["checker", "luminance",
+                          "motion"], n_tests=99_684, alpha=0.05)
+    summary = {"fmri/vae2/stimulus": {"tests": 99_684, "power": power},
+               "annotated": {"eeg": 0, "fmri": 0}}
+    empty = SimpleNamespace(annotations={"eeg": pd.DataFrame(), "fmri": pd.DataFrame()},
+                            summary=summary)
+    lines = findings(None, empty, 0.05)
+    assert lines[1].startswith("On these held-out windows even a voxel whose masking "
+                               "tracked a stimulus feature exactly would reach at best p = "
+                               "motion 0.001 (1,994 pairs that strong needed), luminance "
+                               "0.016 (31,899 pairs that strong needed), checker 0.069 "
+                               "(137,564 pairs that strong needed) among 99,684 voxel x "
+                               "feature tests at q < 0.05; no voxel can reach p < 0.05 for "
+                               "checker."), lines[1]
+    assert len(lines) == 2  # no EEG stimulus head in the summary: no sentence
+
+
 def test_group_report_opens_with_findings_and_validation_in_chromium(tmp_path):
     """group.html on masking results and a planted truth: findings, then validation."""
     from bids_app.report.group import write_group_report
