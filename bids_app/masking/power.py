@@ -39,6 +39,39 @@ from scipy import stats
 from bids_app.masking.shift_null import CircularShiftNull
 
 
+def matched_z_at(null: CircularShiftNull, win: np.ndarray, starts: np.ndarray,
+                 k: int = 0) -> np.ndarray:
+    """z-score of units matched on given windows: each occurrence's change equals the
+    run-centred observed value of its window.
+
+    Parameters
+    ----------
+    null : CircularShiftNull
+        Null of one head.
+    win : numpy.ndarray
+        ``(n,)`` window of every occurrence, grouped by unit (windows on class ``k``'s
+        circles).
+    starts : numpy.ndarray
+        ``(U + 1,)`` segment offsets of the units.
+    k : int
+        Observation class of the groups (see :class:`CircularShiftNull`).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(U, G_k)`` z-scores (NaN where the null variance is zero).
+    """
+    circles = null.classes[k][1]
+    centred = np.zeros((len(circles.run), *null.centred_values(0, k).shape[1:]))
+    for r, members in enumerate(circles.windows):
+        centred[members] = null.centred_values(r, k)
+    coef = centred[win]
+    signal = np.add.reduceat((coef**2).sum(axis=-1), starts[:-1], axis=0)
+    var = null.variance(coef, win, starts, k=k)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(var > 0, signal / np.sqrt(np.maximum(var, 0.0)), np.nan)
+
+
 def matched_unit_z(null: CircularShiftNull, occurrences: int | None = None) -> np.ndarray:
     """z-score of the matched unit of every output group under the circular-shift null.
 
@@ -47,8 +80,8 @@ def matched_unit_z(null: CircularShiftNull, occurrences: int | None = None) -> n
     null : CircularShiftNull
         Null of one head (its observed values, runs and circles).
     occurrences : int | None
-        Windows a unit is masked in, consecutive within one run (EEG timestamps); None: every
-        window (voxels), the runs summed.
+        Windows a unit is masked in, consecutive within one run (EEG timestamps): the best
+        placement in any run; None: every window (voxels), the runs summed.
 
     Returns
     -------
@@ -57,27 +90,17 @@ def matched_unit_z(null: CircularShiftNull, occurrences: int | None = None) -> n
     """
     out = np.full(null.n_groups, np.nan)
     for k, (groups, circles) in enumerate(null.classes):
-        runs = [null.centred_values(r, k) for r in range(len(circles.windows))]
-        if not runs:
+        if not circles.windows:
             continue
         if occurrences is None:  # one unit in every window of every run
-            coef = np.concatenate(runs)
-            win = np.concatenate(circles.windows)
-            starts = np.array([0, len(win)])
+            placements = [np.concatenate(circles.windows)]
         else:
-            coef, win, counts = [], [], []
-            for r, members in enumerate(circles.windows):
-                m = min(occurrences, len(members))
-                for first in range(len(members) - m + 1):
-                    coef.append(runs[r][first : first + m])
-                    win.append(members[first : first + m])
-                    counts.append(m)
-            coef, win = np.concatenate(coef), np.concatenate(win)
-            starts = np.concatenate([[0], np.cumsum(counts)])
-        signal = np.add.reduceat((coef**2).sum(axis=-1), starts[:-1], axis=0)
-        var = null.variance(coef, win, starts, k=k)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            z = np.where(var > 0, signal / np.sqrt(np.maximum(var, 0.0)), np.nan)
+            placements = [members[first : first + min(occurrences, len(members))]
+                          for members in circles.windows
+                          for first in range(len(members) - min(occurrences, len(members))
+                                             + 1)]
+        starts = np.concatenate([[0], np.cumsum([len(p) for p in placements])])
+        z = matched_z_at(null, np.concatenate(placements), starts, k)
         best = np.max(np.where(np.isfinite(z), z, -np.inf), axis=0)
         out[groups] = np.where(np.isfinite(best), best, np.nan)
     return out
