@@ -128,6 +128,35 @@ def _matched(head_summary: dict) -> str:
     return "n/a" if p is None else f"{p:.2g}"
 
 
+def inert_cross_findings(masking: Any) -> list[str]:
+    """A sentence for each unit kind whose masking leaves VAE-1's other-modality prediction
+    exactly unchanged (every effect 0), as the annotation then cannot select any unit.
+
+    Parameters
+    ----------
+    masking : MaskingResult
+        Masking results (``head(kind, model, head)``).
+
+    Returns
+    -------
+    list of str
+        One sentence per inert unit kind.
+    """
+    out = []
+    if not hasattr(masking, "head"):
+        return out
+    for kind, units, other in (("fmri", "voxels", "EEG"), ("eeg", "EEG timestamps", "fMRI")):
+        cross = masking.head(kind, "vae1", "cross")
+        if cross is None or not len(cross.units) or np.any(cross.effect != 0):
+            continue
+        expert = {"fmri": "fMRI", "eeg": "EEG"}[kind]
+        out.append(f"Masking {units} leaves VAE-1's {other} prediction exactly unchanged "
+                   f"(every effect is 0): the {expert} expert adds nothing to the other "
+                   f"modality unless `[model] cross_experts` includes \"{kind}\", so no "
+                   f"{units[:-1]} can be annotated.")
+    return out
+
+
 def power_findings(summary: dict, level: float) -> list[str]:
     """What the held-out windows allow VAE-2's stimulus tests to find (matched-unit bound).
 
@@ -194,6 +223,7 @@ def findings(models: Any, masking: Any, level: float) -> list[str]:
                        "masking annotated nothing. The masking summary lists every test "
                        "beside the number expected under the null.")
             out += power_findings(getattr(masking, "summary", {}), level)
+            out += inert_cross_findings(masking)
         if n_eeg:
             spans = [f"{readable_run(run)} {g['time_s'].min():.1f}-{g['time_s'].max():.1f} s"
                      for run, g in eeg.groupby("run")] if {"run", "time_s"} <= set(eeg) else []

@@ -202,7 +202,8 @@ def test_demo_matched_unit_bound_blocks_annotation(default_demo):
     sidecar: a voxel tracking luminance or the checkerboard exactly would need more
     equally strong voxel x feature pairs than there are voxels before Benjamini-Hochberg
     declares any, and an EEG timestamp tracking the fMRI exactly in VAE-1 more than half
-    of all timestamps; the report's findings say so."""
+    of all timestamps; the report's findings say so, and that with the default
+    ``cross_experts = "eeg"`` masking a voxel leaves VAE-1's EEG prediction unchanged."""
     derivatives = default_demo / "derivatives"
     power = json.loads((derivatives / "group" / "desc-vaemask_effects.json").read_text()
                        )["Power"]["Heads"]
@@ -216,3 +217,6 @@ def test_demo_matched_unit_bound_blocks_annotation(default_demo):
     assert needed > units["eeg", "vae1", "cross"] / 2, needed
     group = (derivatives / "group.html").read_text()
     assert "even a voxel whose masking tracked a stimulus feature exactly" in group
+    # and with the default cross_experts = "eeg" no voxel moves VAE-1's EEG prediction
+    assert "Masking voxels leaves VAE-1&#39;s EEG prediction exactly unchanged" in group or \
+        "Masking voxels leaves VAE-1's EEG prediction exactly unchanged" in group

@@ -256,6 +256,16 @@ def test_group_findings_explain_empty_annotations_by_the_matched_unit_bound():
                                "feature tests at q < 0.05; no voxel can reach p < 0.05 for "
                                "checker."), lines[1]
     assert len(lines) == 2  # no EEG stimulus head in the summary: no sentence
+    # voxels that cannot move VAE-1's EEG prediction (fMRI expert not in cross_experts)
+    inert = SimpleNamespace(units=np.arange(4), effect=np.zeros((4, 1)))
+    moving = SimpleNamespace(units=np.arange(4), effect=np.array([[0.0], [0.1], [0], [0]]))
+    empty.head = lambda kind, model, head: {"fmri": inert, "eeg": moving}[kind]
+    lines = findings(None, empty, 0.05)
+    assert lines[2] == ("Masking voxels leaves VAE-1's EEG prediction exactly unchanged "
+                        "(every effect is 0): the fMRI expert adds nothing to the other "
+                        "modality unless `[model] cross_experts` includes \"fmri\", so no "
+                        "voxel can be annotated."), lines
+    assert len(lines) == 3
 
 
 def test_group_report_opens_with_findings_and_validation_in_chromium(tmp_path):
