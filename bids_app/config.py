@@ -183,7 +183,9 @@ class ModelConfig:
     pca_init: bool = True
     pca_mode: str = "block"
     expert_precision: float = 100.0
-    cross_experts: str = "eeg"
+    # (voxel masking needs "fmri" here: without it a masked voxel cannot move VAE-1's
+    # EEG prediction and no voxel can be annotated)
+    cross_experts: str = "eeg,fmri"
     # those experts read the scores of their modality's leading principal components
     # (0: random projections of the whole window)
     expert_inputs: int = 16

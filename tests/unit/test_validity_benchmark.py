@@ -83,15 +83,16 @@ def test_reduced_validity_run_holds_the_artifact_claims(validity, tmp_path):
 
 #: Group claims the measurement fails (docs/validity.md, benchmarks/validity_group.py):
 #: (metric, realism) -> measured value (None: nothing annotated).
-#: Measured 2026-12-05 (whole benchmark in one run, demo seed 0; hard data with the
-#: film-like stimulus): the demo annotates nothing (issue 17), no masking head ranks
+#: Measured 2026-12-05 (``--checks group`` with cross_experts = "eeg,fmri", demo seed 0;
+#: hard data with the film-like stimulus; hard VAE-2 rows vary run to run, see
+#: docs/benchmarks.md): the demo annotates nothing (issue 17), no masking head ranks
 #: planted units near 0.95, VAE-2's stimulus r does not beat the ridge, and VAE-1's
 #: fMRI-from-EEG r (ideal) and explained variance (hard) do not beat every baseline.
 _GROUP_FAILS: dict[tuple[str, str], float | None] = {
     **{(metric, realism): value
        for realism, values in (
-           ("ideal", (0.5467, 0.4689, 0.7005, 0.5, 0.7287, 0.0, 0.0, 0.0, None)),
-           ("hard", (0.0782, 0.5613, 0.7224, 0.5022, 0.5529, 0.0, 0.0, 0.0, None)))
+           ("ideal", (0.5467, 0.4731, 0.7005, 0.3431, 0.7287, 0.0, 0.0, 0.0, None)),
+           ("hard", (0.192, 0.5584, 0.7231, 0.588, 0.5023, 0.0, 0.0, 0.0, None)))
        for metric, value in zip((
            "mean r over stimulus features",
            "AUROC planted vs other units, eeg/vae1/cross",
@@ -101,8 +102,8 @@ _GROUP_FAILS: dict[tuple[str, str], float | None] = {
            "units annotated, checker -> ssvep_v1", "units annotated, luminance -> luminance_lo",
            "units annotated, motion -> motion_mt",
            "annotation precision (planted / annotated units)"), values)},
-    ("mean voxel r, fMRI from EEG alone", "ideal"): 0.0811,
-    ("fMRI explained variance from EEG alone", "hard"): 0.0002,
+    ("mean voxel r, fMRI from EEG alone", "ideal"): 0.0781,
+    ("fMRI explained variance from EEG alone", "hard"): 0.0004,
 }
 
 
