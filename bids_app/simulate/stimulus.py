@@ -269,8 +269,12 @@ def write_video(
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        # one encoder thread: a multi-threaded encoder's output depends on the CPUs it
+        # sees (x264 picks its thread count from them), so the same seed would give a
+        # different video, and different stimulus features, on another machine
+        stream.thread_count = 1
         if codec == "libx264":
-            stream.options = {"crf": "10", "preset": "veryfast"}
+            stream.options = {"crf": "10", "preset": "veryfast", "threads": "1"}
         else:
             stream.bit_rate = 8_000_000
             stream.options = {"qscale": "2"}

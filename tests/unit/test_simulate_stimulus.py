@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 
 import numpy as np
@@ -76,6 +77,35 @@ def test_write_video_roundtrip(tmp_path, movie, suffix):
         frames = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
     assert frames.shape == (50, 48, 64, 3)
     assert np.abs(frames.astype(float) - movie.frames[:50]).mean() < 4.0
+
+
+_ENCODE = """
+import os, sys
+import numpy as np
+from bids_app.simulate.stimulus import write_video
+os.sched_setaffinity(0, {int(c) for c in sys.argv[1].split(",")})
+frames = (np.random.default_rng(0).random((20, 480, 720, 3)) * 255).astype(np.uint8)
+write_video(sys.argv[2], frames, 10.0)
+"""
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".avi"])
+def test_write_video_bytes_do_not_depend_on_the_cpus(tmp_path, suffix):
+    """The same frames give the same file on one CPU and on all of them (a multi-threaded
+    x264 picks its thread count from the CPUs it sees and its output changes with it)."""
+    import subprocess
+    import sys
+
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("needs at least two CPUs to compare")
+    out = []
+    for k, allowed in enumerate(([cpus[0]], cpus)):
+        path = tmp_path / f"v{k}{suffix}"
+        subprocess.run([sys.executable, "-c", _ENCODE, ",".join(map(str, allowed)), str(path)],
+                       check=True)
+        out.append(path.read_bytes())
+    assert out[0] == out[1]
 
 
 def test_simulate_windows_shapes_and_zscore():
