@@ -235,6 +235,36 @@ def render_frames(
     return frames
 
 
+#: RGB -> Y'CbCr, ITU-R BT.601 with limited range (what FFmpeg assumes for yuv420p).
+_YCBCR = np.array([[65.481, 128.553, 24.966], [-37.797, -74.203, 112.0],
+                   [112.0, -93.786, -18.214]]) / 255.0
+
+
+def rgb_to_yuv420p(rgb: np.ndarray) -> np.ndarray:
+    """One RGB frame as planar YUV 4:2:0 (BT.601, limited range), as PyAV lays it out.
+
+    Done here rather than by FFmpeg's scaler, whose output for the same frame was found
+    to depend on what the process had converted before, so that the same seed wrote a
+    different video.
+
+    Parameters
+    ----------
+    rgb : numpy.ndarray
+        ``(H, W, 3)`` uint8 with even ``H`` and ``W``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(3 H / 2, W)`` uint8: the Y plane, then the Cb and Cr planes (2 x 2 averages).
+    """
+    h, w, _ = rgb.shape
+    ycc = rgb.astype(np.float64) @ _YCBCR.T + np.array([16.0, 128.0, 128.0])
+    chroma = ycc[..., 1:].reshape(h // 2, 2, w // 2, 2, 2).mean(axis=(1, 3))
+    planes = np.concatenate([ycc[..., 0].ravel(), chroma[..., 0].ravel(),
+                             chroma[..., 1].ravel()]).reshape(3 * h // 2, w)
+    return np.clip(np.rint(planes), 0, 255).astype(np.uint8)
+
+
 def write_video(
     path: Path | str, frames: np.ndarray, fps: float, *, codec: str | None = None
 ) -> Path:
@@ -279,7 +309,8 @@ def write_video(
             stream.bit_rate = 8_000_000
             stream.options = {"qscale": "2"}
         for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+            yuv = av.VideoFrame.from_ndarray(rgb_to_yuv420p(frame), format="yuv420p")
+            for packet in stream.encode(yuv):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
