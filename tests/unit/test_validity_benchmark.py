@@ -91,8 +91,8 @@ def test_reduced_validity_run_holds_the_artifact_claims(validity, tmp_path):
 _GROUP_FAILS: dict[tuple[str, str], float | None] = {
     **{(metric, realism): value
        for realism, values in (
-           ("ideal", (0.5467, 0.4731, 0.7005, 0.3431, 0.7287, 0.0, 0.0, 0.0, None)),
-           ("hard", (0.192, 0.5584, 0.7231, 0.588, 0.5023, 0.0, 0.0, 0.0, None)))
+           ("ideal", (0.604, 0.4731, 0.6941, 0.3431, 0.7349, 0.0, 0.0, 0.0, None)),
+           ("hard", (0.1859, 0.5584, 0.698, 0.588, 0.5258, 0.0, 0.0, 0.0, None)))
        for metric, value in zip((
            "mean r over stimulus features",
            "AUROC planted vs other units, eeg/vae1/cross",
@@ -105,6 +105,8 @@ _GROUP_FAILS: dict[tuple[str, str], float | None] = {
     ("mean voxel r, fMRI from EEG alone", "ideal"): 0.0781,
     ("fMRI explained variance from EEG alone", "hard"): 0.0004,
 }
+# with the deterministic video, ideal VAE-2 beats the ridge (0.604 vs 0.595; docs/benchmarks.md)
+del _GROUP_FAILS[("mean r over stimulus features", "ideal")]
 
 
 #: validity_group.CLAIMS, as written (the benchmark module is imported by the fixture).
