@@ -37,6 +37,7 @@ import numpy as np
 from scipy import stats
 
 from bids_app.masking.shift_null import CircularShiftNull
+from bids_app.masking.statistics import segment_sum
 
 
 def matched_z_at(null: CircularShiftNull, win: np.ndarray, starts: np.ndarray,
@@ -61,12 +62,12 @@ def matched_z_at(null: CircularShiftNull, win: np.ndarray, starts: np.ndarray,
     numpy.ndarray
         ``(U, G_k)`` z-scores (NaN where the null variance is zero).
     """
-    circles = null.classes[k][1]
-    centred = np.zeros((len(circles.run), *null.centred_values(0, k).shape[1:]))
+    groups, circles = null.classes[k]
+    centred = np.zeros((len(circles.run), len(groups), null.group_size))
     for r, members in enumerate(circles.windows):
         centred[members] = null.centred_values(r, k)
     coef = centred[win]
-    signal = np.add.reduceat((coef**2).sum(axis=-1), starts[:-1], axis=0)
+    signal = segment_sum((coef**2).sum(axis=-1), starts)
     var = null.variance(coef, win, starts, k=k)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(var > 0, signal / np.sqrt(np.maximum(var, 0.0)), np.nan)

@@ -307,11 +307,9 @@ def run_masking_workflow(models: Any, config: Any, writer: Any,
         "significant": int(np.sum(e.q < cfg.fdr_q)),
         "nominal_p_below_level": int(np.sum(e.p < cfg.fdr_q)),
         "expected_under_null": float(cfg.fdr_q * np.isfinite(e.p).sum()),
+        **({} if e.matched_p is None else {"power": power_summary(
+            e.matched_p, e.outputs, int(np.isfinite(e.p).sum()), cfg.fdr_q)}),
     } for e in effects}
-    for e in effects:
-        if e.matched_p is not None:
-            result.summary[f"{e.kind}/{e.model}/{e.head}"]["power"] = power_summary(
-                e.matched_p, e.outputs, int(np.isfinite(e.p).sum()), cfg.fdr_q)
     result.summary["annotated"] = {k: int(len(v)) for k, v in result.annotations.items()}
     _write(result, windows, config, writer)
     return result
