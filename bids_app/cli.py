@@ -200,7 +200,8 @@ def build_subcommand_parser() -> argparse.ArgumentParser:
                    "vibration lines, drifting clocks, wrong SliceTiming in the BOLD sidecar, "
                    "variable pulse artifact, jittered electrodes, a head model unlike the "
                    "inverse's, extended non-stationary sources; BOLD with region-specific "
-                   "HRFs, AR(1), 1/f and aliased physiological noise, drift, a global signal, "
+                   "HRFs, spatially smooth (6 mm FWHM) AR(1) and 1/f noise, aliased physiological "
+                   "noise, drift, a global signal, "
                    "motion spikes and non-planted signal clusters; movie features with the "
                    "statistics of real films (log-normal shot lengths, 1/f luminance, "
                    "continuous motion) (recorded in sourcedata/simulation/realism.json)")

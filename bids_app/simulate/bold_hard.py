@@ -12,6 +12,11 @@ multiplies its baseline by ``1 + signal`` and the MNI-space test generators add
   1.0, 1/6; Handwerker et al. 2004 report peaks of 4-8 s across regions and subjects);
 - ``bold_ar1`` / ``bold_ar1_sd``: AR(1) noise, coefficient U(rho - 0.15, rho + 0.15) per
   voxel, and ``bold_pink_sd``: 1/f^b noise, b U(0.5, 1.5) per voxel (Zarahn et al. 1997);
+  with ``bold_noise_fwhm_mm`` both are spatially smooth (:func:`spatially_smooth`): the
+  noise of unsmoothed EPI is correlated over neighbouring voxels (point-spread function,
+  interpolation in realignment and normalisation, physiological origin), which is what
+  the smoothness estimates of random-field and cluster inference measure (Friston et al.
+  1994; Cox et al. 2017);
 - ``bold_physio_sd``: cardiac (0.9-1.3 Hz) and respiratory (0.2-0.33 Hz) fluctuations with
   wandering rates, sampled at each voxel's slice acquisition time, so they alias into the
   0-0.24 Hz band of a 2.1 s TR (Glover et al. 2000); per-voxel amplitude log-normal;
@@ -32,7 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import ndimage, stats
+from scipy import ndimage, sparse, spatial, stats
 
 from bids_app.simulate.realism import Realism
 
@@ -160,6 +165,40 @@ def convolved(series: np.ndarray, hrf: HRF, times_s: np.ndarray) -> np.ndarray:
     return np.interp(times_s, np.arange(len(conv)) / DRIVER_SFREQ, conv)
 
 
+def spatially_smooth(noise: np.ndarray, xyz_mm: np.ndarray, fwhm_mm: float) -> np.ndarray:
+    """Gaussian spatial smoothing of noise on a point set, keeping each voxel's variance.
+
+    Parameters
+    ----------
+    noise : ndarray, shape (n, n_vox)
+        Noise of independent voxels.
+    xyz_mm : ndarray, shape (n_vox, 3)
+        Voxel positions.
+    fwhm_mm : float
+        FWHM of the Gaussian kernel (truncated at 3 sigma); 0 returns ``noise``.
+
+    Returns
+    -------
+    ndarray, shape (n, n_vox)
+        ``W @ noise`` per time point, with every row of ``W`` scaled to unit sum of squares,
+        so voxels of independent, equal-variance noise keep their variance.
+    """
+    if not fwhm_mm:
+        return noise
+    sigma = fwhm_mm / np.sqrt(8 * np.log(2))
+    tree = spatial.cKDTree(np.asarray(xyz_mm, float))
+    pairs = tree.query_pairs(3 * sigma, output_type="ndarray")
+    dist = np.linalg.norm(xyz_mm[pairs[:, 0]] - xyz_mm[pairs[:, 1]], axis=1)
+    w = np.exp(-(dist**2) / (2 * sigma**2))
+    n_vox = len(xyz_mm)
+    rows = np.r_[pairs[:, 0], pairs[:, 1], np.arange(n_vox)]
+    cols = np.r_[pairs[:, 1], pairs[:, 0], np.arange(n_vox)]
+    kernel = sparse.csr_matrix((np.r_[w, w, np.ones(n_vox)], (rows, cols)), (n_vox, n_vox))
+    norm = np.sqrt(np.asarray(kernel.multiply(kernel).sum(axis=1))).ravel()
+    kernel = sparse.diags(1.0 / norm) @ kernel
+    return np.asarray((kernel @ np.asarray(noise, float).T).T)
+
+
 def hard_bold(xyz_mm: np.ndarray, slice_of: np.ndarray, acq_times: np.ndarray,
               rng: np.random.Generator, realism: Realism, *,
               avoid_mm: list | tuple = (), keep_components: bool = False) -> HardBold:
@@ -200,10 +239,12 @@ def hard_bold(xyz_mm: np.ndarray, slice_of: np.ndarray, acq_times: np.ndarray,
 
     if realism.bold_ar1_sd:
         rho = np.clip(realism.bold_ar1 + rng.uniform(-0.15, 0.15, n_vox), 0.0, 0.95)
-        add("ar1", realism.bold_ar1_sd * _ar1(rng, n, rho))
+        add("ar1", realism.bold_ar1_sd * spatially_smooth(_ar1(rng, n, rho), xyz_mm,
+                                                          realism.bold_noise_fwhm_mm))
     if realism.bold_pink_sd:
         exponent = rng.uniform(0.5, 1.5, n_vox)
-        add("pink", realism.bold_pink_sd * _pink(rng, n, n_vox, exponent))
+        add("pink", realism.bold_pink_sd * spatially_smooth(
+            _pink(rng, n, n_vox, exponent), xyz_mm, realism.bold_noise_fwhm_mm))
     if realism.bold_physio_sd:
         physio = np.zeros((n, n_vox))
         for lo, hi in ((0.9, 1.3), (0.2, 0.33)):  # cardiac, respiratory

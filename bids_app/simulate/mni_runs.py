@@ -7,7 +7,8 @@ corrected to mid-TR):
 
 - noise: :func:`~bids_app.simulate.bold.planted_mni_bold`'s AR(1) noise (coefficient 0.3,
   0.5 % of the baseline), or for nulls heterogeneous AR(1) (rho U(0.2, 0.6) per voxel) or
-  1/f (exponent U(0.5, 1.5) per voxel) noise of the same size;
+  1/f (exponent U(0.5, 1.5) per voxel) noise of the same size; spatially smooth with the
+  ``realism``'s ``bold_noise_fwhm_mm``;
 - planted voxels (within each source's radius) follow their source's power convolved with
   ``hrf`` (0.5 % per SD; an :class:`~bids_app.simulate.bold_hard.HRF`, or "variable": a
   new HRF per source drawn by :func:`~bids_app.simulate.bold_hard.draw_hrf`);
@@ -37,7 +38,14 @@ from bids_app.fmri.confounds import compute_confounds
 from bids_app.natview import facts as nv
 from bids_app.simulate import scenario
 from bids_app.simulate.bold import _planted_motion, planted_mni_bold
-from bids_app.simulate.bold_hard import HRF, bold_effects_on, convolved, draw_hrf, hard_bold
+from bids_app.simulate.bold_hard import (
+    HRF,
+    bold_effects_on,
+    convolved,
+    draw_hrf,
+    hard_bold,
+    spatially_smooth,
+)
 from bids_app.simulate.neural import simulate_neural
 from bids_app.simulate.realism import Realism, resolve_realism
 from bids_app.simulate.stimulus import simulate_stimulus
@@ -142,6 +150,10 @@ def simulate_mni_run(hrf: HRF | str | None, *, noise: str = "planted", seed: int
                                      np.random.default_rng(seed + 2), null=True)
     if noise != "planted":
         bold = 100 + NOISE_SCALE * null_noise(noise, *bold.shape, np.random.default_rng(seed + 3))
+    ijk = np.argwhere(np.asarray(mask.dataobj) > 0)
+    xyz = nib.affines.apply_affine(mask.affine, ijk)
+    if real.bold_noise_fwhm_mm:
+        bold = 100 + spatially_smooth(bold - 100, xyz, real.bold_noise_fwhm_mm)
     sources = scenario.sources_for_task(TASK)
     truth: dict = {"hrf": {}}
     rng = np.random.default_rng(seed + 5)
@@ -153,10 +165,8 @@ def simulate_mni_run(hrf: HRF | str | None, *, noise: str = "planted", seed: int
             power = sim.source_power[src.name]
             bold[:, planted[src.name]] += src.bold_sign * NOISE_SCALE * convolved(
                 power, shape, times)[:, None]
-    ijk = np.argwhere(np.asarray(mask.dataobj) > 0)
     motion = np.zeros((n_volumes, 6))
     if bold_effects_on(real):
-        xyz = nib.affines.apply_affine(mask.affine, ijk)
         extra = hard_bold(xyz, np.zeros(len(xyz), int), times[:, None], rng, real,
                           avoid_mm=[s.mni_mm for s in sources])
         bold += 100.0 * extra.signal

@@ -90,6 +90,9 @@ class Realism:
         Every region of every run has its own HRF (peak 4-8 s, dispersion, undershoot).
     bold_ar1, bold_ar1_sd, bold_pink_sd, bold_physio_sd, bold_drift_sd, bold_global_sd : float
         AR(1) coefficient and noise sizes (fraction of the baseline signal; 0 disables).
+    bold_noise_fwhm_mm : float
+        Spatial smoothness (Gaussian FWHM, mm) of the voxel noise (the AR(1) and 1/f noise,
+        and the base noise of the MNI-space coupling runs); 0: independent voxels.
     bold_spikes : int
         Sudden one-volume head movements of ``bold_spike_mm`` (mm).
     bold_clusters : int
@@ -124,6 +127,7 @@ class Realism:
     bold_physio_sd: float = 0.0
     bold_drift_sd: float = 0.0
     bold_global_sd: float = 0.0
+    bold_noise_fwhm_mm: float = 0.0
     bold_spikes: int = 0
     bold_spike_mm: float = 0.0
     bold_clusters: int = 0
@@ -164,6 +168,8 @@ REALISM: dict[str, Realism] = {
         bold_hrf_variable=True, bold_ar1=0.5, bold_ar1_sd=0.003, bold_pink_sd=0.003,
         bold_physio_sd=0.002, bold_drift_sd=0.005, bold_global_sd=0.003, bold_spikes=3,
         bold_spike_mm=1.0, bold_clusters=6, bold_cluster_sd=0.005,
+        # noise as smooth as unsmoothed, normalised 3 mm EPI (FWHM about 2 voxels)
+        bold_noise_fwhm_mm=6.0,
         # stimulus: shot lengths, luminance and motion statistics of real films
         stimulus_movie=True,
     ),

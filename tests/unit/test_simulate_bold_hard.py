@@ -10,7 +10,13 @@ import pytest
 from bids_app.fmri.motion import framewise_displacement
 from bids_app.natview import facts as nv
 from bids_app.simulate.bold import simulate_bold, spm_hrf
-from bids_app.simulate.bold_hard import HRF, bold_effects_on, draw_hrf, hard_bold
+from bids_app.simulate.bold_hard import (
+    HRF,
+    bold_effects_on,
+    draw_hrf,
+    hard_bold,
+    spatially_smooth,
+)
 from bids_app.simulate.realism import REALISM
 from bids_app.simulate.scenario import Scale
 
@@ -140,3 +146,28 @@ def test_simulate_bold_hard_differs_and_records_truth():
     assert len(spikes) == 3
     np.testing.assert_allclose(np.linalg.norm(hard.motion[spikes, :3] - ideal.motion[spikes, :3],
                                               axis=1), 1.0)
+
+
+def test_voxel_noise_has_the_configured_smoothness():
+    """Smoothed independent noise keeps each voxel's variance, and the FWHM estimated from
+    the neighbour correlation (Forman et al. 1995: FWHM = d sqrt(-2 ln 2 / ln r(d))) is the
+    configured one within 10 %."""
+    step = 3.0
+    axis = np.arange(24) * step
+    xyz = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+    noise = np.random.default_rng(0).normal(size=(400, len(xyz)))
+    smooth = spatially_smooth(noise, xyz, HARD.bold_noise_fwhm_mm)
+    inner = np.all((xyz > 4 * step) & (xyz < axis[-1] - 4 * step), axis=1)
+    np.testing.assert_allclose(smooth[:, inner].std(0).mean(), 1.0, rtol=0.02)
+    neighbour = np.flatnonzero(inner) + 1  # next voxel along z, 3 mm away
+    r = np.mean([np.corrcoef(smooth[:, i], smooth[:, j])[0, 1]
+                 for i, j in zip(np.flatnonzero(inner), neighbour)])
+    fwhm = step * np.sqrt(-2 * np.log(2) / np.log(r))
+    assert abs(fwhm / HARD.bold_noise_fwhm_mm - 1) < 0.1, fwhm
+    assert spatially_smooth(noise, xyz, 0.0) is noise
+    # hard BOLD's AR(1) noise is that smooth; switched off, neighbours are independent
+    rough = dataclasses.replace(HARD, bold_noise_fwhm_mm=0.0)
+    for real, low, high in ((HARD, 0.5, 0.9), (rough, -0.1, 0.1)):
+        ar1 = _effects(dataclasses.replace(real, **{**OFF, "bold_ar1_sd": 0.003}),
+                       xyz=xyz[:2000]).components["ar1"]
+        assert low < np.corrcoef(ar1[:, 100], ar1[:, 101])[0, 1] < high
