@@ -2,8 +2,10 @@
 
 A run is the EEG of :func:`~bids_app.simulate.neural.simulate_neural` (task ``tp``: planted
 alpha, beta and theta sources) and in-mask BOLD on nilearn's 3 mm MNI brain mask, as the
-pipeline hands it to the coupling stage (motion-corrected, normalised, slice-time
-corrected to mid-TR):
+pipeline has it before smoothing (motion-corrected, normalised, slice-time corrected to
+mid-TR); :meth:`MNIRun.coupling_bold` smooths it as the pipeline does before the coupling
+stage, and :meth:`MNIRun.planted_reach` tells which voxels the smoothed planted signal
+reaches:
 
 - noise: :func:`~bids_app.simulate.bold.planted_mni_bold`'s AR(1) noise (coefficient 0.3,
   0.5 % of the baseline), or for nulls heterogeneous AR(1) (rho U(0.2, 0.6) per voxel) or
@@ -34,6 +36,7 @@ import pandas as pd
 from nilearn import datasets
 
 from bids_app.coupling.design import acquisition_times
+from bids_app.fmri.builtin import smooth_series
 from bids_app.fmri.confounds import compute_confounds
 from bids_app.natview import facts as nv
 from bids_app.simulate import scenario
@@ -79,7 +82,9 @@ class MNIRun:
     confounds : DataFrame
         Pipeline confounds computed from ``bold``.
     truth : dict
-        HRF per source and, for hard runs, spike volumes and non-planted clusters.
+        HRF per source, each source's true power (``source_power``, at
+        :data:`~bids_app.simulate.bold.POWER_SFREQ` on the EEG clock) and, for hard runs,
+        spike volumes and non-planted clusters.
     """
 
     raw: mne.io.RawArray
@@ -91,6 +96,41 @@ class MNIRun:
     band_of: dict[str, str]
     confounds: pd.DataFrame | None = None
     truth: dict = field(default_factory=dict)
+
+    def _volume(self, columns: np.ndarray) -> np.ndarray:
+        brain = np.asarray(self.mask.dataobj) > 0
+        data = np.zeros((*brain.shape, columns.shape[0]), np.float32)
+        data[brain] = columns.T  # boolean indexing follows np.argwhere order
+        return data
+
+    def coupling_bold(self, fwhm: float) -> np.ndarray:
+        """The BOLD the coupling stage receives: smoothed with the pipeline's
+        :func:`~bids_app.fmri.builtin.smooth_series` (``[fmri] fwhm``), then masked.
+
+        Returns
+        -------
+        ndarray, shape (n_volumes, n_vox)
+        """
+        return self.coupling_bold_of(self.bold, fwhm)
+
+    def planted_reach(self, fwhm: float) -> np.ndarray:
+        """Voxels that any planted voxel's signal reaches after smoothing with ``fwhm``.
+
+        A voxel outside it holds none of the planted signal in :meth:`coupling_bold`, so a
+        detection there is a false positive; a voxel inside but not planted holds a
+        smoothed share of it.
+
+        Returns
+        -------
+        ndarray of bool, shape (n_vox,)
+        """
+        planted = np.any(list(self.planted.values()), axis=0).astype(np.float32)
+        return (self.coupling_bold_of(planted[None], fwhm)[0] > 0) | planted.astype(bool)
+
+    def coupling_bold_of(self, columns: np.ndarray, fwhm: float) -> np.ndarray:
+        """In-mask ``columns`` (n, n_vox) smoothed as :meth:`coupling_bold` smooths BOLD."""
+        smoothed = smooth_series(self._volume(columns), self.mask.affine, fwhm=fwhm)
+        return smoothed[np.asarray(self.mask.dataobj) > 0].T.astype(float)
 
 
 def null_noise(kind: str, n: int, n_vox: int, rng: np.random.Generator) -> np.ndarray:
@@ -155,7 +195,7 @@ def simulate_mni_run(hrf: HRF | str | None, *, noise: str = "planted", seed: int
     if real.bold_noise_fwhm_mm:
         bold = 100 + spatially_smooth(bold - 100, xyz, real.bold_noise_fwhm_mm)
     sources = scenario.sources_for_task(TASK)
-    truth: dict = {"hrf": {}}
+    truth: dict = {"hrf": {}, "source_power": sim.source_power}
     rng = np.random.default_rng(seed + 5)
     if not null:
         for src in sources:
