@@ -462,19 +462,26 @@ def test_hard_false_positives_issue_claim(band):
     assert _hard_fp(band) <= 0.001, _hard_fp(band)
 
 
-def _null_rates(noise_kind: str) -> dict:
-    res = _hard(None, 7, noise_kind).results
-    return {(b, m): float((getattr(r, m) < 0.05).mean()) for b, r in res.items()
-            for m in ("p", "local_p")}
+#: Null runs: every voxel shares the run's one EEG regressor, so one run's rate at p < .05
+#: varies by 0.3-1.0 points between exchangeable alignments; the claim is about the
+#: expected rate, estimated over three independent runs (as the planted runs).
+NULL_SEEDS = (7, 8, 9)
 
 
-@pytest.mark.parametrize("noise_kind", [
-    "ar1", pytest.param("1f", marks=pytest.mark.xfail(strict=True, reason=(
-        "Under the hard 1/f null p < .05 in 3.1-5.9 % of the voxels (theta global 3.1 %, "
-        "beta global 3.8 %); one alignment's rate varies by up to 1 point between "
-        "exchangeable shifts (docs/methods.md)")))])
+def _null_rates(noise_kind: str, seeds: tuple[int, ...] = NULL_SEEDS) -> dict:
+    """Fraction of voxels with p < .05 per (band, map), pooled over the null ``seeds``."""
+    rates: dict = {}
+    for seed in seeds:
+        for b, r in _hard(None, seed, noise_kind).results.items():
+            for m in ("p", "local_p"):
+                rates[b, m] = rates.get((b, m), 0.0) + float((getattr(r, m) < 0.05).mean())
+    return {k: v / len(seeds) for k, v in rates.items()}
+
+
+@pytest.mark.parametrize("noise_kind", ["ar1", "1f"])
 def test_hard_null_issue_claim(noise_kind):
-    """Issue 15: uncorrected p < .05 in 4-6 % of the voxels under AR(1) and 1/f nulls."""
+    """Issue 15: uncorrected p < .05 in 4-6 % of the voxels under AR(1) and 1/f nulls, for
+    every band and map (pooled over the null seeds; seed 7 alone: 1/f theta global 3.1 %)."""
     rates = _null_rates(noise_kind)
     assert all(0.04 <= v <= 0.06 for v in rates.values()), sorted(rates.values())
 
@@ -482,8 +489,9 @@ def test_hard_null_issue_claim(noise_kind):
 @pytest.mark.parametrize("noise_kind", ["ar1", "1f"])
 def test_hard_null_supported_claim(noise_kind):
     """What hard BOLD supports: p < .05 in 2.5-6 % of the voxels, never liberal and at
-    most 2x conservative, every band and map; no voxel reaches q < .05."""
-    rates = _null_rates(noise_kind)
-    assert all(0.025 <= v <= 0.06 for v in rates.values()), sorted(rates.values())
-    for r in _hard(None, 7, noise_kind).results.values():
-        assert not np.any(r.q < 0.05) and not np.any(r.local_q < 0.05)
+    most 2x conservative, every band and map of every null run; no voxel reaches q < .05."""
+    for seed in NULL_SEEDS:
+        rates = _null_rates(noise_kind, (seed,))
+        assert all(0.025 <= v <= 0.06 for v in rates.values()), (seed, sorted(rates.values()))
+        for r in _hard(None, seed, noise_kind).results.values():
+            assert not np.any(r.q < 0.05) and not np.any(r.local_q < 0.05)

@@ -83,16 +83,18 @@ def test_reduced_validity_run_holds_the_artifact_claims(validity, tmp_path):
 
 #: Group claims the measurement fails (docs/validity.md, benchmarks/validity_group.py):
 #: (metric, realism) -> measured value (None: nothing annotated).
-#: Measured 2026-12-05 (``--checks group`` with cross_experts = "eeg,fmri", demo seed 0;
-#: hard data with the film-like stimulus; hard VAE-2 rows vary run to run, see
+#: Measured 2026-12-06 (``--checks coupling group``, coupling first in the same process;
+#: demo seed 0; hard data with the film-like stimulus and spatially smooth BOLD noise).
+#: The group rows depend on what the benchmark process ran before the demos (ideal VAE-2
+#: r 0.604 with ``--checks group`` alone, 0.500 after the coupling rows; see
 #: docs/benchmarks.md): the demo annotates nothing (issue 17), no masking head ranks
 #: planted units near 0.95, VAE-2's stimulus r does not beat the ridge, and VAE-1's
 #: fMRI-from-EEG r (ideal) and explained variance (hard) do not beat every baseline.
 _GROUP_FAILS: dict[tuple[str, str], float | None] = {
     **{(metric, realism): value
        for realism, values in (
-           ("ideal", (0.604, 0.4731, 0.6941, 0.3431, 0.7349, 0.0, 0.0, 0.0, None)),
-           ("hard", (0.1859, 0.5584, 0.698, 0.588, 0.5258, 0.0, 0.0, 0.0, None)))
+           ("ideal", (0.4999, 0.4758, 0.6898, 0.3355, 0.7395, 0.0, 0.0, 0.0, None)),
+           ("hard", (0.1323, 0.5609, 0.7014, 0.1913, 0.5162, 0.0, 0.0, 0.0, None)))
        for metric, value in zip((
            "mean r over stimulus features",
            "AUROC planted vs other units, eeg/vae1/cross",
@@ -102,11 +104,9 @@ _GROUP_FAILS: dict[tuple[str, str], float | None] = {
            "units annotated, checker -> ssvep_v1", "units annotated, luminance -> luminance_lo",
            "units annotated, motion -> motion_mt",
            "annotation precision (planted / annotated units)"), values)},
-    ("mean voxel r, fMRI from EEG alone", "ideal"): 0.0781,
-    ("fMRI explained variance from EEG alone", "hard"): 0.0004,
+    ("mean voxel r, fMRI from EEG alone", "ideal"): 0.0887,
+    ("fMRI explained variance from EEG alone", "hard"): 0.0001,
 }
-# with the deterministic video, ideal VAE-2 beats the ridge (0.604 vs 0.595; docs/benchmarks.md)
-del _GROUP_FAILS[("mean r over stimulus features", "ideal")]
 
 
 #: validity_group.CLAIMS, as written (the benchmark module is imported by the fixture).
