@@ -165,6 +165,36 @@ def convolved(series: np.ndarray, hrf: HRF, times_s: np.ndarray) -> np.ndarray:
     return np.interp(times_s, np.arange(len(conv)) / DRIVER_SFREQ, conv)
 
 
+def smoothing_kernel(xyz_mm: np.ndarray, fwhm_mm: float) -> sparse.csr_matrix | None:
+    """Gaussian kernel on a point set (truncated at 3 sigma), rows scaled to unit sum of
+    squares so that independent, equal-variance noise keeps its variance; None for 0 FWHM.
+
+    Parameters
+    ----------
+    xyz_mm : ndarray, shape (n_vox, 3)
+        Voxel positions.
+    fwhm_mm : float
+        FWHM of the kernel.
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix, shape (n_vox, n_vox), or None
+    """
+    if not fwhm_mm:
+        return None
+    xyz_mm = np.asarray(xyz_mm, float)
+    sigma = fwhm_mm / np.sqrt(8 * np.log(2))
+    pairs = spatial.cKDTree(xyz_mm).query_pairs(3 * sigma, output_type="ndarray")
+    dist = np.linalg.norm(xyz_mm[pairs[:, 0]] - xyz_mm[pairs[:, 1]], axis=1)
+    w = np.exp(-(dist**2) / (2 * sigma**2))
+    n_vox = len(xyz_mm)
+    rows = np.r_[pairs[:, 0], pairs[:, 1], np.arange(n_vox)]
+    cols = np.r_[pairs[:, 1], pairs[:, 0], np.arange(n_vox)]
+    kernel = sparse.csr_matrix((np.r_[w, w, np.ones(n_vox)], (rows, cols)), (n_vox, n_vox))
+    norm = np.sqrt(np.asarray(kernel.multiply(kernel).sum(axis=1))).ravel()
+    return sparse.diags(1.0 / norm) @ kernel
+
+
 def spatially_smooth(noise: np.ndarray, xyz_mm: np.ndarray, fwhm_mm: float) -> np.ndarray:
     """Gaussian spatial smoothing of noise on a point set, keeping each voxel's variance.
 
@@ -175,28 +205,14 @@ def spatially_smooth(noise: np.ndarray, xyz_mm: np.ndarray, fwhm_mm: float) -> n
     xyz_mm : ndarray, shape (n_vox, 3)
         Voxel positions.
     fwhm_mm : float
-        FWHM of the Gaussian kernel (truncated at 3 sigma); 0 returns ``noise``.
+        FWHM of the Gaussian kernel (:func:`smoothing_kernel`); 0 returns ``noise``.
 
     Returns
     -------
     ndarray, shape (n, n_vox)
-        ``W @ noise`` per time point, with every row of ``W`` scaled to unit sum of squares,
-        so voxels of independent, equal-variance noise keep their variance.
     """
-    if not fwhm_mm:
-        return noise
-    sigma = fwhm_mm / np.sqrt(8 * np.log(2))
-    tree = spatial.cKDTree(np.asarray(xyz_mm, float))
-    pairs = tree.query_pairs(3 * sigma, output_type="ndarray")
-    dist = np.linalg.norm(xyz_mm[pairs[:, 0]] - xyz_mm[pairs[:, 1]], axis=1)
-    w = np.exp(-(dist**2) / (2 * sigma**2))
-    n_vox = len(xyz_mm)
-    rows = np.r_[pairs[:, 0], pairs[:, 1], np.arange(n_vox)]
-    cols = np.r_[pairs[:, 1], pairs[:, 0], np.arange(n_vox)]
-    kernel = sparse.csr_matrix((np.r_[w, w, np.ones(n_vox)], (rows, cols)), (n_vox, n_vox))
-    norm = np.sqrt(np.asarray(kernel.multiply(kernel).sum(axis=1))).ravel()
-    kernel = sparse.diags(1.0 / norm) @ kernel
-    return np.asarray((kernel @ np.asarray(noise, float).T).T)
+    kernel = smoothing_kernel(xyz_mm, fwhm_mm)
+    return noise if kernel is None else np.asarray((kernel @ np.asarray(noise, float).T).T)
 
 
 def hard_bold(xyz_mm: np.ndarray, slice_of: np.ndarray, acq_times: np.ndarray,
@@ -237,14 +253,17 @@ def hard_bold(xyz_mm: np.ndarray, slice_of: np.ndarray, acq_times: np.ndarray,
         if keep_components:
             parts[name] = part
 
+    kernel = smoothing_kernel(xyz_mm, realism.bold_noise_fwhm_mm)
+
+    def smooth(noise: np.ndarray) -> np.ndarray:  # one kernel for every noise component
+        return noise if kernel is None else np.asarray((kernel @ noise.T).T)
+
     if realism.bold_ar1_sd:
         rho = np.clip(realism.bold_ar1 + rng.uniform(-0.15, 0.15, n_vox), 0.0, 0.95)
-        add("ar1", realism.bold_ar1_sd * spatially_smooth(_ar1(rng, n, rho), xyz_mm,
-                                                          realism.bold_noise_fwhm_mm))
+        add("ar1", realism.bold_ar1_sd * smooth(_ar1(rng, n, rho)))
     if realism.bold_pink_sd:
         exponent = rng.uniform(0.5, 1.5, n_vox)
-        add("pink", realism.bold_pink_sd * spatially_smooth(
-            _pink(rng, n, n_vox, exponent), xyz_mm, realism.bold_noise_fwhm_mm))
+        add("pink", realism.bold_pink_sd * smooth(_pink(rng, n, n_vox, exponent)))
     if realism.bold_physio_sd:
         physio = np.zeros((n, n_vox))
         for lo, hi in ((0.9, 1.3), (0.2, 0.33)):  # cardiac, respiratory
