@@ -36,6 +36,9 @@ from bids_app.simulate.neural import simulate_neural
 from bids_app.simulate.realism import REALISM
 from bids_app.simulate.stimulus import simulate_stimulus
 
+#: Every test here simulates and couples whole runs (about 6 min for the module; CI runs it).
+pytestmark = pytest.mark.slow
+
 SFREQ, TR, N_VOL, LEAD = 250.0, nv.TR, 110, 3.0
 BANDS = (("theta", 4.0, 8.0), ("alpha", 8.0, 13.0), ("beta", 13.0, 30.0))
 BASIS = "spm + derivative + dispersion"
