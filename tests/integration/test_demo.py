@@ -1,8 +1,9 @@
 """``eegfmri demo`` end to end on the tiny simulator scale; the outputs must validate.
 
-The demo runs once per module (:func:`demo`); the tests read its outputs. The truth test
+The demo runs once per module (:func:`demo`); the tests read its outputs. The restart test
 runs both levels a second time on a copy of the simulated dataset without
-``sourcedata/simulation`` and compares every derivative except the reports byte for byte.
+``sourcedata/simulation``, killing the participant level once with SIGKILL, and compares
+every derivative except the reports byte for byte.
 """
 
 from __future__ import annotations
@@ -10,8 +11,14 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
+import random
 import re
 import shutil
+import signal
+import subprocess
+import sys
+from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -101,8 +108,43 @@ def test_reports_validate_against_planted_truth(demo):
         assert check in group, check
 
 
-def test_derivatives_do_not_depend_on_the_truth_folder(demo, tmp_path):
-    """Without ``sourcedata/simulation`` every derivative but the reports is identical."""
+#: Fixed seed of the kill time, so that a failure can be reproduced; the time itself is
+#: random within the participant level (see _kill_after).
+KILL_SEED = 20261125
+
+
+def _participant_seconds(derivatives: Path) -> float:
+    """Wall time of a participant level, from the first and last lines of its log."""
+    lines = next((derivatives / "logs").glob("eegfmri-*-participant.log")).read_text(
+    ).splitlines()
+    first, last = (datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+                   for line in (lines[0], lines[-1]))
+    return (last - first).total_seconds()
+
+
+def _kill_after(args: list[str], delay: float) -> None:
+    """Run the CLI with ``args`` in a new process group and SIGKILL the group after ``delay``."""
+    proc = subprocess.Popen([sys.executable, "-m", "bids_app", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        proc.wait(timeout=delay)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    else:
+        pytest.fail(f"the run finished before the kill at {delay:.1f} s")
+
+
+def test_killed_run_without_truth_ends_with_the_demo_outputs(demo, tmp_path):
+    """Without ``sourcedata/simulation``, a participant level killed with SIGKILL at a random
+    time and restarted, then the group level, leave no temporary file and write every
+    derivative of the demo byte for byte, the reports (the only stage that reads the
+    truth), their figures and the logs aside.
+
+    The kill is a cluster job hitting its time limit or being pre-empted: the process gets
+    no chance to clean up, and the restart must still end with the uninterrupted outputs.
+    """
     assert demo.code == 0
     bids = tmp_path / "bids"
     shutil.copytree(demo.out / "bids", bids,
@@ -110,17 +152,24 @@ def test_derivatives_do_not_depend_on_the_truth_folder(demo, tmp_path):
                     "sourcedata" else [])
     assert not (bids / "sourcedata" / "simulation").exists()
     output = tmp_path / "derivatives"
-    for level in ("participant", "group"):  # the settings the demo ran with
-        code, printed, errors = _run([
-            str(bids), str(output), level, "-w", str(tmp_path / "work"),
-            "--skip-bids-validation", "--config-file", str(demo.config), "--random-seed",
-            "0", "--nprocs", "2", "--stimuli-dir", str(bids / "stimuli"), "-q"])
+
+    def args(level: str) -> list[str]:  # the settings the demo ran with
+        return [str(bids), str(output), level, "-w", str(tmp_path / "work"),
+                "--skip-bids-validation", "--config-file", str(demo.config), "--random-seed",
+                "0", "--nprocs", "2", "--stimuli-dir", str(bids / "stimuli"), "-q"]
+
+    delay = random.Random(KILL_SEED).uniform(0.3, 0.8) * _participant_seconds(
+        demo.out / "derivatives")
+    _kill_after(args("participant"), delay)
+    for level in ("participant", "group"):
+        code, printed, errors = _run(args(level))
         assert code == 0, printed + errors
+    assert leftover_temporaries(output) == []
     with_truth = _compared(demo.out / "derivatives", demo.out / "bids")
     without = _compared(output, bids)
     assert sorted(with_truth) == sorted(without)
     differ = [rel for rel in with_truth if with_truth[rel] != without[rel]]
-    assert differ == [], differ
+    assert differ == [], f"outputs differ after the kill at {delay:.1f} s: {differ}"
     assert len(with_truth) > 20
     for name in ("sub-01.html", "group.html"):  # real data: no validation section
         assert 'id="validation"' not in (output / name).read_text()
