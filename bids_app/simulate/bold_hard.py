@@ -211,7 +211,11 @@ def spatially_smooth(noise: np.ndarray, xyz_mm: np.ndarray, fwhm_mm: float) -> n
     -------
     ndarray, shape (n, n_vox)
     """
-    kernel = smoothing_kernel(xyz_mm, fwhm_mm)
+    return _smoothed(noise, smoothing_kernel(xyz_mm, fwhm_mm))
+
+
+def _smoothed(noise: np.ndarray, kernel: sparse.csr_matrix | None) -> np.ndarray:
+    """``kernel`` (:func:`smoothing_kernel`) applied to every time point of ``noise``."""
     return noise if kernel is None else np.asarray((kernel @ np.asarray(noise, float).T).T)
 
 
@@ -253,17 +257,13 @@ def hard_bold(xyz_mm: np.ndarray, slice_of: np.ndarray, acq_times: np.ndarray,
         if keep_components:
             parts[name] = part
 
-    kernel = smoothing_kernel(xyz_mm, realism.bold_noise_fwhm_mm)
-
-    def smooth(noise: np.ndarray) -> np.ndarray:  # one kernel for every noise component
-        return noise if kernel is None else np.asarray((kernel @ noise.T).T)
-
+    kernel = smoothing_kernel(xyz_mm, realism.bold_noise_fwhm_mm)  # one for every component
     if realism.bold_ar1_sd:
         rho = np.clip(realism.bold_ar1 + rng.uniform(-0.15, 0.15, n_vox), 0.0, 0.95)
-        add("ar1", realism.bold_ar1_sd * smooth(_ar1(rng, n, rho)))
+        add("ar1", realism.bold_ar1_sd * _smoothed(_ar1(rng, n, rho), kernel))
     if realism.bold_pink_sd:
         exponent = rng.uniform(0.5, 1.5, n_vox)
-        add("pink", realism.bold_pink_sd * smooth(_pink(rng, n, n_vox, exponent)))
+        add("pink", realism.bold_pink_sd * _smoothed(_pink(rng, n, n_vox, exponent), kernel))
     if realism.bold_physio_sd:
         physio = np.zeros((n, n_vox))
         for lo, hi in ((0.9, 1.3), (0.2, 0.33)):  # cardiac, respiratory
