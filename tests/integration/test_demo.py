@@ -164,6 +164,7 @@ def test_killed_run_without_truth_ends_with_the_demo_outputs(demo, tmp_path):
     for level in ("participant", "group"):
         code, printed, errors = _run(args(level))
         assert code == 0, printed + errors
+        assert "Traceback" not in errors
     assert leftover_temporaries(output) == []
     with_truth = _compared(demo.out / "derivatives", demo.out / "bids")
     without = _compared(output, bids)
