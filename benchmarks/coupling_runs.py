@@ -73,7 +73,7 @@ def couple(run: MNIRun, *, confounds: tuple[str, ...] = CFG.confounds, baseline:
                                n_basis=hrf.shape[0], max_ar_order=CFG.max_ar_order)
     bold = run.coupling_bold(FMRI_CFG.fwhm)[:, keep]  # smoothed, as the pipeline's coupling
     res = cp.couple_bands(
-        {b: (maps.source_power[b], maps.channel_power[b]) for b, _, _ in BANDS},
+        {b: maps.coupling_power(b) for b, _, _ in BANDS},
         bold=bold, hrf=hrf, weights=maps.grid.weights[keep], nuisance=nuisance,
         rr_mm=maps.grid.rr_mm, ch_names=maps.ch_names, window_s=TR, n_shifts=n_shifts,
         n_null_voxels=10_000,

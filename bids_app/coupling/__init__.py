@@ -3,9 +3,10 @@
 Band power per volume window (channels and sources, :mod:`bids_app.eeg.source`) is
 convolved with an HRF basis and sampled at the BOLD acquisition times
 (:mod:`~bids_app.coupling.design`); per voxel, a global model (mean-channel band power)
-and a source-resolved model (the power of the EEG source at the voxel, beside the global
-regressor) are fitted after AR(p) prewhitening with autocorrelations shrunk towards their
-mean over voxels (:mod:`~bids_app.coupling.noise`) and tested with the largest t over a grid
+and a source-resolved model (the power of the EEG source at the voxel, beside the
+mean-channel power without that source's cross-talk neighbourhood) are fitted after
+AR(p) prewhitening with autocorrelations shrunk towards their mean over voxels
+(:mod:`~bids_app.coupling.noise`) and tested with the largest t over a grid
 of HRF shapes (or an F test of the basis), whose p-values come from within-run circular
 shifts with a generalised Pareto tail (:mod:`~bids_app.coupling.glm`); the q-values of a
 run come from one declared Benjamini-Hochberg family (:mod:`~bids_app.coupling.bands`);

@@ -45,7 +45,8 @@ class BandCoupling:
     regressor : ndarray, shape (n_frames,)
         Standardised canonical global regressor.
     local_z, local_p, local_q : ndarray, shape (n_vox,)
-        Source-resolved test (beyond the global regressor): signed z, p, family q.
+        Source-resolved test (beyond the band power of the other sources): signed z, p,
+        family q.
     glm : CouplingGLM
         F statistics, parametric p-values, AR order and shifts.
     """
@@ -128,7 +129,11 @@ def couple_bands(power: Mapping[str, tuple[np.ndarray, np.ndarray]], *, bold: np
     Parameters
     ----------
     power : mapping
-        Band -> (source power (n_win, n_src), channel power (n_win, n_ch)).
+        Band -> (source power (n_win, n_src), channel power (n_win, n_ch)[, remainder
+        power (n_win, n_src)]) (:meth:`bids_app.eeg.source.SourceMaps.coupling_power`).
+        With the remainder power, each voxel's source-resolved test holds fixed the
+        mean-channel power without its source's cross-talk neighbourhood; without it, the
+        global band power.
     bold : ndarray, shape (n_frames, n_vox)
         In-mask BOLD (voxel order of ``weights``).
     hrf : ndarray, shape (n_basis, n_frames, n_win)
@@ -162,12 +167,13 @@ def couple_bands(power: Mapping[str, tuple[np.ndarray, np.ndarray]], *, bold: np
     """
     design = nuisance.to_numpy(float)
     fits = {}
-    for band, (source_power, channel_power) in power.items():
+    for band, (source_power, channel_power, *remainder) in power.items():
         global_power = standardize(np.nanmean(channel_power, axis=1))
         glm = fit_coupling_glm(bold, hrf, global_power, standardize(source_power), weights,
                                design, window_s=window_s, n_shifts=n_shifts,
                                min_shift_s=min_shift_s, max_ar_order=max_ar_order,
-                               n_null_voxels=n_null_voxels, shapes=shapes)
+                               n_null_voxels=n_null_voxels, shapes=shapes,
+                               covariate_power=standardize(remainder[0]) if remainder else None)
         canonical = residualize(hrf[0] @ standardize(source_power), design)
         local_r = local_correlation(bold, (weights @ canonical.T).T, nuisance,
                                     regressors_residualized=True)

@@ -10,12 +10,19 @@ fitted to its spectrum over the run and its share of the band power subtracted
 (:func:`subtract_aperiodic`), so a rhythm is mapped by its power above the background and
 not lost under the 1/f power of a broad low band.
 
+For the source-resolved coupling test, each source also gets its *remainder power*
+(:func:`remainder_power`): the mean-channel band power of the data after removing the
+forward projection of the estimated activity of the sources that leak into the source's
+estimate (its cross-talk neighbourhood, :func:`crosstalk_neighbourhoods`), i.e. the global
+band power without the source's own share.
+
 References
 ----------
 Pascual-Marqui RD (2007) arXiv:0710.3341 (eLORETA). Pascual-Marqui RD (2002) Methods Find
 Exp Clin Pharmacol 24D:5-12 (sLORETA). Dale AM et al. (2000) Neuron 26:55-67 (dSPM).
 Donoghue T et al. (2020) Nat Neurosci 23:1655-1665 (aperiodic fit, spectral
-parameterisation).
+parameterisation). Hauk O, Stenroos M, Treder MS (2022) NeuroImage 255:119177 (cross-talk
+functions and their spatial extent).
 """
 
 from __future__ import annotations
@@ -36,6 +43,10 @@ NOISE_COV_KINDS = ("diagonal", "adhoc", "baseline")
 BACKGROUNDS = ("aperiodic", "none")
 #: Welch segment length of the aperiodic fit (s): 0.5 Hz resolution.
 APERIODIC_SEGMENT_S = 2.0
+#: Fraction of its peak at which a source's cross-talk function bounds its neighbourhood.
+CROSSTALK_LEVEL = 0.5
+#: Methods whose kernel is an unnormalised (weighted) minimum-norm estimate.
+UNNORMALISED = ("eLORETA", "MNE")
 
 
 @dataclass
@@ -56,6 +67,9 @@ class SourceMaps:
         source's aperiodic (1/f) background, so windows can be negative.
     channel_power : dict
         Band -> (n_win, n_ch) power in V^2.
+    remainder_power : dict
+        Band -> (n_win, n_src) mean-channel power (V^2) without each source's cross-talk
+        neighbourhood (:func:`remainder_power`).
     ch_names : list of str
         Channel names.
     method : str
@@ -70,9 +84,16 @@ class SourceMaps:
     window_length_s: float
     source_power: dict[str, np.ndarray]
     channel_power: dict[str, np.ndarray]
+    remainder_power: dict[str, np.ndarray]
     ch_names: list[str]
     method: str
     background: str = "none"
+
+    def coupling_power(self, band: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Source, channel and remainder power of a band, as
+        :func:`bids_app.coupling.couple_bands` takes them."""
+        return (self.source_power[band], self.channel_power[band],
+                self.remainder_power[band])
 
     def power_img(self, band: str) -> nib.Nifti1Image:
         """4D image (one volume per window) of the band's source power on the fMRI grid."""
@@ -172,6 +193,77 @@ def source_power(kernel: np.ndarray, covs: np.ndarray) -> np.ndarray:
     for w, c in enumerate(covs):
         out[w] = np.einsum("sc,sc->s", k @ c, k).reshape(kernel.shape[0], 3).sum(1)
     return out
+
+
+def crosstalk_neighbourhoods(kernel: np.ndarray, gain: np.ndarray, *,
+                             level: float = CROSSTALK_LEVEL, chunk: int = 256
+                             ) -> list[np.ndarray]:
+    """Sources that leak into each source's estimate: its cross-talk function above
+    ``level`` times its peak.
+
+    The cross-talk function of source s is row s of the resolution matrix ``K G``: the
+    estimate at s of unit activity at every source (norm over the 3 x 3 orientation
+    block). With ``level=0.5`` the neighbourhood is the region within the function's half
+    maximum, the usual measure of its spatial extent (Hauk et al. 2022).
+
+    Parameters
+    ----------
+    kernel : ndarray, shape (n_src, 3, n_ch)
+        Inverse kernel.
+    gain : ndarray, shape (n_ch, 3 * n_src)
+        Free-orientation gain matrix, in the reference of the kernel.
+    level : float
+        Fraction of the peak.
+    chunk : int
+        Sources per block of the resolution matrix (bounds the memory).
+
+    Returns
+    -------
+    list of ndarray of int
+        Neighbourhood of each source (always includes its peak).
+    """
+    n_src = kernel.shape[0]
+    out = []
+    for start in range(0, n_src, chunk):
+        rows = kernel[start:start + chunk]
+        res = (rows.reshape(-1, rows.shape[-1]) @ gain).reshape(len(rows), 3, n_src, 3)
+        ctf = np.sqrt((res**2).sum((1, 3)))
+        out += [np.flatnonzero(row >= level * row.max()) for row in ctf]
+    return out
+
+
+def remainder_power(kernel: np.ndarray, gain: np.ndarray, covs: np.ndarray,
+                    neighbourhoods: list[np.ndarray]) -> np.ndarray:
+    """Mean-channel band power without each source's neighbourhood, per window.
+
+    For source s with neighbourhood N, ``tr(M C M^T) / n_ch`` with
+    ``M = I - G_N K_N``: the power left in the channels after removing the forward
+    projection of the estimated activity of N. With an empty neighbourhood this is the
+    mean-channel power ``tr(C) / n_ch``.
+
+    Parameters
+    ----------
+    kernel : ndarray, shape (n_src, 3, n_ch)
+        Unnormalised (weighted minimum-norm) inverse kernel.
+    gain : ndarray, shape (n_ch, 3 * n_src)
+        Free-orientation gain matrix, in the reference of the kernel.
+    covs : ndarray, shape (n_win, n_ch, n_ch)
+        Window band covariances.
+    neighbourhoods : list of ndarray of int
+        Sources removed for each source (:func:`crosstalk_neighbourhoods`).
+
+    Returns
+    -------
+    ndarray, shape (n_win, n_src)
+    """
+    n_ch = kernel.shape[-1]
+    flat_k = kernel.reshape(-1, n_ch)
+    quad = np.empty((len(neighbourhoods), n_ch * n_ch))
+    for s, hood in enumerate(neighbourhoods):
+        cols = (3 * np.asarray(hood)[:, None] + np.arange(3)).ravel()
+        m = np.eye(n_ch) - gain[:, cols] @ flat_k[cols]
+        quad[s] = (m.T @ m).ravel() / n_ch  # tr(M C M^T) = <C, M^T M>
+    return covs.reshape(len(covs), -1) @ quad.T
 
 
 def source_spectra(kernel: np.ndarray, csd: np.ndarray) -> np.ndarray:
@@ -366,7 +458,13 @@ def compute_source_maps(raw: mne.io.BaseRaw, window_onsets_s: np.ndarray, window
         above = subtract_aperiodic(kernel, data, raw.info["sfreq"], bands, src_power, good)
         src_power, background = (src_power, "none") if above is None else (above, background)
     ch_power = {b: features.channel_power(c) for b, c in covs.items()}
+    gain = fwd["sol"]["data"]
+    gain = gain - gain.mean(axis=0)  # average reference, as the kernel
+    projector = kernel if method in UNNORMALISED else make_inverse_kernel(
+        raw.info, fwd, cov, method="MNE", snr=snr)
+    hoods = crosstalk_neighbourhoods(projector, gain)
+    rem_power = {b: remainder_power(projector, gain, c, hoods) for b, c in covs.items()}
     logger.info("Source maps (%s): %d sources, %d windows, bands %s.", method, len(grid.rr_mm),
                 len(bounds), ", ".join(covs))
     return SourceMaps(grid, np.asarray(window_onsets_s, float), float(window_length_s),
-                      src_power, ch_power, list(raw.ch_names), method, background)
+                      src_power, ch_power, rem_power, list(raw.ch_names), method, background)

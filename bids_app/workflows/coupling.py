@@ -136,7 +136,7 @@ def run_coupling_workflow(run: Any, eeg: Any, fmri: Any, config: Any, writer: An
                                high_pass_hz=ccfg.high_pass_hz, n_basis=hrf.shape[0],
                                max_ar_order=ccfg.max_ar_order)
     bands = cp.couple_bands(
-        {name: (maps.source_power[name], maps.channel_power[name]) for name, _, _ in scfg.bands},
+        {name: maps.coupling_power(name) for name, _, _ in scfg.bands},
         bold=bold, hrf=hrf, weights=grid.weights, nuisance=nuisance, rr_mm=grid.rr_mm,
         ch_names=maps.ch_names, window_s=fmri.tr, n_peaks=ccfg.n_peaks, n_shifts=ccfg.n_shifts,
         min_shift_s=ccfg.min_shift_s, max_ar_order=ccfg.max_ar_order,
@@ -239,7 +239,8 @@ def _statmap_sidecars(band: str, res: cp.BandCoupling, config: Any, n_tests: int
     global_model = (f"{stat}: {band} mean-channel band power convolved with the HRF basis "
                     "(confounds, cosine drifts)")
     local_model = (f"{stat}: {band} band power of the EEG source at the voxel convolved "
-                   "with the HRF basis, beside the global band-power regressors (confounds, "
+                   "with the HRF basis, beside the mean-channel band power without the "
+                   "forward projection of that source's cross-talk neighbourhood (confounds, "
                    "cosine drifts)")
     out = {}
     for prefix, test, text in (("", glm.global_test, global_model),
@@ -307,7 +308,7 @@ def _write_figures(result: CouplingResult, run: Any, eeg: Any, frame_times: np.n
     save(figures.plot_stat_maps({b: result.images[f"localz_{b}"] for b in bands},
                                 titles={b: f"{b} source power <-> BOLD (z)" for b in bands},
                                 thresholds=local_thr, suptitle="Source-resolved z maps, "
-                                f"beyond the global band power (FDR q<{q:g}; empty: none "
+                                f"beyond the other sources' band power (FDR q<{q:g}; empty: none "
                                 "significant)"),
          "desc-localzmaps", ".png")
     if topo:

@@ -58,7 +58,7 @@ def _couple(run: SimpleNamespace) -> dict[str, cp.BandCoupling]:
     maps = source.compute_source_maps(run.raw, run.onsets, TR, run.mask, bands=BANDS)
     assert np.array_equal(maps.grid.voxel_ijk, np.argwhere(np.asarray(run.mask.dataobj) > 0))
     return cp.couple_bands(
-        {b: (maps.source_power[b], maps.channel_power[b]) for b, _, _ in BANDS},
+        {b: maps.coupling_power(b) for b, _, _ in BANDS},
         bold=run.bold, hrf=cp.hrf_matrix(run.onsets, TR, run.times, hrf_model=BASIS),
         weights=maps.grid.weights, nuisance=cp.nuisance_design(run.times, None),
         rr_mm=maps.grid.rr_mm, ch_names=maps.ch_names, window_s=TR, n_shifts=10,

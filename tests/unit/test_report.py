@@ -60,7 +60,7 @@ def _outcomes(tmp_path: Path, writer: DerivativesWriter) -> list[RunOutcome]:
     band = cp.BandCoupling("alpha", z, cp.z_to_q(z), rng.uniform(-0.5, 0.5, n_vox),
                            pd.DataFrame(), np.zeros(20), p=p, local_z=z, local_p=p,
                            local_q=cp.z_to_q(z), glm=SimpleNamespace(ar_order=2))
-    maps = source.SourceMaps(grid, np.arange(20) * 2.1, 2.1, {}, {}, list(nv.EEG_CHANNELS),
+    maps = source.SourceMaps(grid, np.arange(20) * 2.1, 2.1, {}, {}, {}, list(nv.EEG_CHANNELS),
                              "eLORETA")
     zimg = nib.Nifti1Image(np.zeros(mask.shape, np.float32), mask.affine)
     zimg.get_fdata()[tuple(grid.voxel_ijk.T)] = z

@@ -259,3 +259,37 @@ def test_hard_mode_theta_source_within_25_mm_in_every_realisation():
     """The realisation in which the 6 Hz source was lost to the 1/f background of the
     default 4-8 Hz band (113 mm with total band power; 20.2 mm above the aperiodic fit)."""
     assert _hard_errors("tp", 2, neural_seed=3)["motion_mt"] <= 25.0
+
+
+def test_remainder_power_removes_the_sources_own_share(mask):
+    """The remainder power of a source is the mean-channel power without the forward
+    projection of its cross-talk neighbourhood: all of the power with an empty
+    neighbourhood, almost none with every source; for data made by one dipole, at most 3/4
+    of the power at that dipole's source (the dipole's point spread reaches beyond the
+    neighbourhood) and more than 90 % at sources 80 mm or more from it."""
+    raw = mne.io.RawArray(np.zeros((len(nv.EEG_CHANNELS), 10)),
+                          forward.make_eeg_info(list(nv.EEG_CHANNELS)), verbose="error")
+    info = raw.set_eeg_reference("average", projection=True, verbose="error").info
+    bem = forward.make_head_model(info)
+    grid = forward.make_source_grid(mask, spacing_mm=15.0, bem=bem)
+    fwd = forward.make_volume_forward(info, grid.rr_mm, bem)
+    cov = mne.make_ad_hoc_cov(info, verbose="error")
+    kernel = source.make_inverse_kernel(info, fwd, cov)
+    gain = fwd["sol"]["data"] - fwd["sol"]["data"].mean(axis=0)
+    hoods = source.crosstalk_neighbourhoods(kernel, gain)
+    assert all(len(h) >= 1 for h in hoods) and len(hoods) == len(grid.rr_mm)
+    rng = np.random.default_rng(0)
+    dipole = int(np.argmin(np.linalg.norm(grid.rr_mm - [0.0, -80.0, 10.0], axis=1)))
+    amplitude = rng.normal(size=(3, 1)) * rng.normal(size=(1, 4000)) * 1e-8
+    data = gain[:, 3 * dipole:3 * dipole + 3] @ amplitude
+    covs = np.stack([data[:, :2000] @ data[:, :2000].T, data[:, 2000:] @ data[:, 2000:].T])
+    mean_power = np.einsum("wcc->w", covs)[:, None] / len(info.ch_names)
+    empty = [np.zeros(0, int)] * len(hoods)
+    np.testing.assert_allclose(source.remainder_power(kernel, gain, covs, empty),
+                               np.repeat(mean_power, len(hoods), axis=1), rtol=1e-10)
+    every = [np.arange(len(hoods))]
+    assert np.all(source.remainder_power(kernel, gain, covs, every) < 0.05 * mean_power)
+    rem = source.remainder_power(kernel, gain, covs, hoods) / mean_power
+    far = np.linalg.norm(grid.rr_mm - grid.rr_mm[dipole], axis=1) >= 80.0
+    assert np.all(rem[:, dipole] <= 0.75), rem[:, dipole]
+    assert np.median(rem[:, far]) > 0.9, np.median(rem[:, far])
