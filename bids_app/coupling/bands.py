@@ -118,7 +118,7 @@ def local_correlation(bold: np.ndarray, voxel_regressors: np.ndarray,
     return np.where(den > 0, (a * b).sum(0) / np.where(den > 0, den, 1), 0.0)
 
 
-def couple_bands(power: Mapping[str, tuple[np.ndarray, np.ndarray]], *, bold: np.ndarray,
+def couple_bands(power: Mapping[str, tuple[np.ndarray, ...]], *, bold: np.ndarray,
                  hrf: np.ndarray, weights: sparse.spmatrix, nuisance: pd.DataFrame,
                  rr_mm: np.ndarray, ch_names: list[str], window_s: float, n_peaks: int = 5,
                  n_shifts: int = 20, min_shift_s: float = 30.0, max_ar_order: int = 4,

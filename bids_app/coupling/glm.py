@@ -338,12 +338,15 @@ def fit_coupling_glm(bold: np.ndarray, hrf: np.ndarray, global_power: np.ndarray
         w = weights[voxels]
         return glob, [np.ascontiguousarray((w @ r.T).T) for r in src]
 
+    # per-source covariates, convolved and residualised once (never shifted)
+    cov_src = (None if covariate_power is None
+               else [residualize(h @ covariate_power, nuisance) for h in hrf])
+
     def covariates(voxels: np.ndarray | slice) -> list[np.ndarray] | None:
-        if covariate_power is None:
+        if cov_src is None:
             return None
         w = weights[voxels]
-        return [np.ascontiguousarray((w @ residualize(h @ covariate_power, nuisance).T).T)
-                for h in hrf]
+        return [np.ascontiguousarray((w @ r.T).T) for r in cov_src]
 
     glob0, loc0 = regressors(0)
     max_order = max(1, min(max_ar_order, (n - nuisance.shape[1] - 2 * n_basis) // 4))
