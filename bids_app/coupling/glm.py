@@ -364,11 +364,12 @@ def fit_coupling_glm(bold: np.ndarray, hrf: np.ndarray, global_power: np.ndarray
         glob, loc = regressors(int(shift), null_voxels)
         # each null repeats the whole procedure (noise model included) on shifted regressors;
         # the source-resolved null keeps the observed covariates
-        both = _whitened_tests(y_null, glob, loc, nuisance, max_order, order=order,
-                               contrasts=contrasts)
-        null["global"].append(both.global_t2 if use_t else both.global_ratio)
+        shifted = _whitened_tests(y_null, glob, loc, nuisance, max_order, order=order,
+                                  contrasts=contrasts, tests=("global",))
+        null["global"].append(shifted.global_t2 if use_t else shifted.global_ratio)
         local = _whitened_tests(y_null, glob0, loc, nuisance, max_order, order=order,
-                                contrasts=contrasts, local_covariates=cov_null)
+                                contrasts=contrasts, local_covariates=cov_null,
+                                tests=("local",))
         null["local"].append(local.local_t2 if use_t else local.local_ratio)
     tests = {}
     for kind, dof in (("global", df_den_global), ("local", df_den_local)):
@@ -385,21 +386,21 @@ def fit_coupling_glm(bold: np.ndarray, hrf: np.ndarray, global_power: np.ndarray
 
 @dataclass(frozen=True)
 class _Ratios:
-    global_ratio: np.ndarray
-    global_t2: np.ndarray
-    global_sign: np.ndarray
-    global_best: np.ndarray
-    local_ratio: np.ndarray
-    local_t2: np.ndarray
-    local_sign: np.ndarray
-    local_best: np.ndarray
+    global_ratio: np.ndarray | None
+    global_t2: np.ndarray | None
+    global_sign: np.ndarray | None
+    global_best: np.ndarray | None
+    local_ratio: np.ndarray | None
+    local_t2: np.ndarray | None
+    local_sign: np.ndarray | None
+    local_best: np.ndarray | None
     order: int
 
 
 def _whitened_tests(y: np.ndarray, glob: np.ndarray, loc: list[np.ndarray],
                     nuisance: np.ndarray, max_order: int, order: int | None = None, *,
-                    contrasts: np.ndarray, local_covariates: list[np.ndarray] | None = None
-                    ) -> _Ratios:
+                    contrasts: np.ndarray, local_covariates: list[np.ndarray] | None = None,
+                    tests: tuple[str, ...] = ("global", "local")) -> _Ratios:
     """Noise model from the residuals of ``[glob, loc]``, then both tests, per voxel.
 
     ``y``, ``glob`` (n, n_basis) and ``loc`` (n_basis arrays (n, n_vox)) have the nuisance
@@ -407,7 +408,8 @@ def _whitened_tests(y: np.ndarray, glob: np.ndarray, loc: list[np.ndarray],
     beside ``local_covariates`` (n_basis arrays (n, n_vox), nuisance regressed out; None:
     ``glob``). ``order`` fixes the AR order (None: chosen by AIC). ``contrasts``
     (n_shapes, n_basis) are the HRF shapes of the max-t statistic (a single canonical row:
-    the sign of the canonical coefficient).
+    the sign of the canonical coefficient). ``tests`` names the tests computed (the fields
+    of the others are None).
     """
     n_basis = glob.shape[1]
     cols = [np.broadcast_to(c[:, None], y.shape) for c in glob.T] + loc
@@ -416,20 +418,26 @@ def _whitened_tests(y: np.ndarray, glob: np.ndarray, loc: list[np.ndarray],
     ar = fit_ar(autocovariances(resid, max_order),
                 bias_matrix(np.column_stack([nuisance, glob]), max_order), len(y),
                 max_order=max_order, order=order)
-    yw = ar.whiten(y)
-    wglob = [ar.whiten_shared(c) for c in glob.T]
-    # the source-resolved block's covariates: the global columns or per-voxel ones
-    covs = wglob if local_covariates is None else [ar.whiten(c) for c in local_covariates]
-    cols = covs + [ar.whiten(c) for c in loc]
-    xx, xy, yy = _gram(cols), _gram(cols, [yw])[..., 0], (yw**2).sum(0)
-    if local_covariates is None:
-        gxx, gxy = xx[:, :n_basis, :n_basis], xy[:, :n_basis]
-    else:
-        gxx, gxy = _gram(wglob), _gram(wglob, [yw])[..., 0]
-    g = block_max_t(yy, gxy, gxx, contrasts)
-    loc_t = block_max_t(yy, xy, xx, contrasts, covariates=n_basis)
-    if len(contrasts) == 1 and n_basis > 1:  # F test: sign of the canonical coefficient
-        g = (g[0], g[1], np.sign(block_f(yy, gxy, gxx)[1]), g[3])
-        loc_t = (loc_t[0], loc_t[1], np.sign(block_f(yy, xy, xx, covariates=n_basis)[1]),
-                 loc_t[3])
+    yw, f_test = ar.whiten(y), len(contrasts) == 1 and n_basis > 1
+    yy = (yw**2).sum(0)
+    need_glob = "global" in tests or local_covariates is None
+    wglob = [ar.whiten_shared(c) for c in glob.T] if need_glob else []
+    g = loc_t = (None, None, None, None)
+    if "local" in tests:
+        # the source-resolved block's covariates: the global columns or per-voxel ones
+        covs = wglob if local_covariates is None else [ar.whiten(c) for c in local_covariates]
+        cols = covs + [ar.whiten(c) for c in loc]
+        xx, xy = _gram(cols), _gram(cols, [yw])[..., 0]
+        loc_t = block_max_t(yy, xy, xx, contrasts, covariates=n_basis)
+        if f_test:  # F test: sign of the canonical coefficient
+            loc_t = (loc_t[0], loc_t[1], np.sign(block_f(yy, xy, xx, covariates=n_basis)[1]),
+                     loc_t[3])
+    if "global" in tests:
+        if "local" in tests and local_covariates is None:
+            gxx, gxy = xx[:, :n_basis, :n_basis], xy[:, :n_basis]
+        else:
+            gxx, gxy = _gram(wglob), _gram(wglob, [yw])[..., 0]
+        g = block_max_t(yy, gxy, gxx, contrasts)
+        if f_test:
+            g = (g[0], g[1], np.sign(block_f(yy, gxy, gxx)[1]), g[3])
     return _Ratios(g[0], g[1], g[2], g[3], loc_t[0], loc_t[1], loc_t[2], loc_t[3], ar.order)
