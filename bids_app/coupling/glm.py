@@ -333,25 +333,16 @@ def fit_coupling_glm(bold: np.ndarray, hrf: np.ndarray, global_power: np.ndarray
                    ) -> tuple[np.ndarray, list[np.ndarray]]:
         glob = residualize(np.stack([h @ np.roll(global_power, shift) for h in hrf], 1),
                            nuisance)
-        s = np.roll(source_power, shift, axis=0)
-        src = [residualize(h @ s, nuisance) for h in hrf]
-        w = weights[voxels]
-        return glob, [np.ascontiguousarray((w @ r.T).T) for r in src]
+        src = _per_source(np.roll(source_power, shift, axis=0), hrf, nuisance)
+        return glob, _at_voxels(src, weights, voxels)
 
     # per-source covariates, convolved and residualised once (never shifted)
-    cov_src = (None if covariate_power is None
-               else [residualize(h @ covariate_power, nuisance) for h in hrf])
-
-    def covariates(voxels: np.ndarray | slice) -> list[np.ndarray] | None:
-        if cov_src is None:
-            return None
-        w = weights[voxels]
-        return [np.ascontiguousarray((w @ r.T).T) for r in cov_src]
-
+    cov_src = None if covariate_power is None else _per_source(covariate_power, hrf, nuisance)
     glob0, loc0 = regressors(0)
     max_order = max(1, min(max_ar_order, (n - nuisance.shape[1] - 2 * n_basis) // 4))
-    observed = _whitened_tests(y, glob0, loc0, nuisance, max_order, contrasts=contrasts,
-                               local_covariates=covariates(slice(None)))
+    observed = _whitened_tests(
+        y, glob0, loc0, nuisance, max_order, contrasts=contrasts,
+        local_covariates=None if cov_src is None else _at_voxels(cov_src, weights, slice(None)))
     order = observed.order
     df_den_global = n - order - np.linalg.matrix_rank(nuisance) - n_basis
     df_den_local = df_den_global - n_basis
@@ -359,7 +350,7 @@ def fit_coupling_glm(bold: np.ndarray, hrf: np.ndarray, global_power: np.ndarray
     y_null = y[:, null_voxels]
     shifts = circular_shifts(n_win, window_s, n_shifts=n_shifts, min_shift_s=min_shift_s)
     null = {"global": [], "local": []}
-    cov_null = covariates(null_voxels)
+    cov_null = None if cov_src is None else _at_voxels(cov_src, weights, null_voxels)
     for shift in shifts:
         glob, loc = regressors(int(shift), null_voxels)
         # each null repeats the whole procedure (noise model included) on shifted regressors;
@@ -382,6 +373,19 @@ def fit_coupling_glm(bold: np.ndarray, hrf: np.ndarray, global_power: np.ndarray
             p_parametric=stats.f.sf(f_obs, n_basis, max(dof, 1)), df_num=n_basis,
             df_den=int(dof), stat=stat, best_shape=getattr(observed, f"{kind}_best"))
     return CouplingGLM(tests["global"], tests["local"], order, shifts)
+
+
+def _per_source(power: np.ndarray, hrf: np.ndarray, nuisance: np.ndarray) -> list[np.ndarray]:
+    """Per-source ``power`` (n_win, n_src) convolved with each HRF basis function, the
+    nuisance regressed out: n_basis arrays (n_frames, n_src)."""
+    return [residualize(h @ power, nuisance) for h in hrf]
+
+
+def _at_voxels(per_source: list[np.ndarray], weights: sparse.spmatrix,
+               voxels: np.ndarray | slice) -> list[np.ndarray]:
+    """Per-source regressors interpolated at ``voxels``: arrays (n_frames, n_vox)."""
+    w = weights[voxels]
+    return [np.ascontiguousarray((w @ r.T).T) for r in per_source]
 
 
 @dataclass(frozen=True)

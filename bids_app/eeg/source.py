@@ -195,6 +195,13 @@ def source_power(kernel: np.ndarray, covs: np.ndarray) -> np.ndarray:
     return out
 
 
+def referenced_gain(fwd: mne.Forward) -> np.ndarray:
+    """Free-orientation gain matrix (n_ch, 3 * n_src) of ``fwd`` in the average reference
+    of the inverse kernels."""
+    gain = fwd["sol"]["data"]
+    return gain - gain.mean(axis=0)
+
+
 def crosstalk_neighbourhoods(kernel: np.ndarray, gain: np.ndarray, *,
                              level: float = CROSSTALK_LEVEL, chunk: int = 256
                              ) -> list[np.ndarray]:
@@ -458,8 +465,7 @@ def compute_source_maps(raw: mne.io.BaseRaw, window_onsets_s: np.ndarray, window
         above = subtract_aperiodic(kernel, data, raw.info["sfreq"], bands, src_power, good)
         src_power, background = (src_power, "none") if above is None else (above, background)
     ch_power = {b: features.channel_power(c) for b, c in covs.items()}
-    gain = fwd["sol"]["data"]
-    gain = gain - gain.mean(axis=0)  # average reference, as the kernel
+    gain = referenced_gain(fwd)
     projector = kernel if method in UNNORMALISED else make_inverse_kernel(
         raw.info, fwd, cov, method="MNE", snr=snr)
     hoods = crosstalk_neighbourhoods(projector, gain)

@@ -275,7 +275,7 @@ def test_remainder_power_removes_the_sources_own_share(mask):
     fwd = forward.make_volume_forward(info, grid.rr_mm, bem)
     cov = mne.make_ad_hoc_cov(info, verbose="error")
     kernel = source.make_inverse_kernel(info, fwd, cov)
-    gain = fwd["sol"]["data"] - fwd["sol"]["data"].mean(axis=0)
+    gain = source.referenced_gain(fwd)
     hoods = source.crosstalk_neighbourhoods(kernel, gain)
     assert all(len(h) >= 1 for h in hoods) and len(hoods) == len(grid.rr_mm)
     rng = np.random.default_rng(0)
